@@ -2,7 +2,7 @@
 """Pre-flight assessment: is a table safe to convert, with every reason when it is not.
 
 assess_table() reads only.  It returns a report with `eligible`, `reasons` (each one alone
-refuses the conversion), `warnings` (the conversion proceeds, someone should know), facts
+refuses the conversion), `concerns` (the conversion proceeds, someone should know), facts
 about the table, and the partition plan.  The convert module runs the same assessment
 and refuses to act on anything this refuses.
 """
@@ -74,7 +74,7 @@ def assess_table(session, schema, name, key='created_at', premake=3, max_future_
     state = state_of(info, entry)
     report = {'table': qualified_text(schema, name), 'schema': schema, 'name': name, 'key': key,
               'state': state, 'phase': entry['phase'] if entry else None,
-              'reasons': [], 'warnings': [], 'plan': None}
+              'reasons': [], 'concerns': [], 'plan': None}
     if state in ('converted', 'swapped'):
         report.update(eligible=True, plan=entry['plan'],
                       facts=describe(info) if info else {})
@@ -84,16 +84,16 @@ def assess_table(session, schema, name, key='created_at', premake=3, max_future_
                                  % report['table'])
         report['eligible'] = False
         return report
-    reasons, warnings = report['reasons'], report['warnings']
+    reasons, concerns = report['reasons'], report['concerns']
     resuming = state == 'in_progress'  # <t>_new, its partitions and sync triggers are ours
     check_server(session, reasons)
     check_relation(info, reasons)
     column = check_key_column(info, key, reasons)
     check_keys_and_constraints(info, key, reasons)
-    check_dependents(info, reasons, warnings, resuming)
+    check_dependents(info, reasons, concerns, resuming)
     if not resuming:
         check_names(session, info, reasons)
-    check_security_and_publications(info, warnings)
+    check_security_and_publications(info, concerns)
     report['facts'] = describe(info)
     if column and info['relkind'] == 'r':
         stats = key_statistics(session, schema, name, key, column['type'])
@@ -107,7 +107,7 @@ def assess_table(session, schema, name, key='created_at', premake=3, max_future_
         report['plan'] = entry['plan'] if state == 'in_progress' else plan
     if review_workload:
         report['workload'] = review_queries(session, info, key)
-        warnings.extend(w['warning'] for w in report['workload'])
+        concerns.extend(w['warning'] for w in report['workload'])
     report['eligible'] = not reasons
     return report
 
@@ -190,7 +190,7 @@ def check_keys_and_constraints(info, key, reasons):
                            % index['name'])
 
 
-def check_dependents(info, reasons, warnings, resuming):
+def check_dependents(info, reasons, concerns, resuming):
     for view in info['views']:
         if view['kind'] == 'm':
             reasons.append('materialized view %s.%s depends on the table: drop it before and re-create it '
@@ -206,7 +206,7 @@ def check_dependents(info, reasons, warnings, resuming):
             reasons.append('trigger %s belongs to an unfinished pgpart run that the journal does not know: '
                            'remove it (DROP TRIGGER) after checking no run is active' % trigger['name'])
     for user in info['rowtype_users']:
-        warnings.append('%s uses the row type of the table; it will keep the old row type and block cleanup '
+        concerns.append('%s uses the row type of the table; it will keep the old row type and block cleanup '
                         'until re-created' % user['object'])
 
 
@@ -227,17 +227,17 @@ def check_names(session, info, reasons):
                        % (schema, ', '.join(sorted(set(taken)))))
 
 
-def check_security_and_publications(info, warnings):
+def check_security_and_publications(info, concerns):
     for pub in info['publications']:
         if pub['name'] == REALTIME_PUBLICATION:
-            warnings.append('LOUD WARNING: %s.%s is in publication supabase_realtime. Supabase Realtime does '
+            concerns.append('LOUD WARNING: %s.%s is in publication supabase_realtime. Supabase Realtime does '
                             'not deliver changes of partitioned tables: subscribers will stop receiving them'
                             % (info['schema'], info['name']))
         elif not pub['via_root']:
-            warnings.append('publication %s has publish_via_partition_root = false: after the conversion its '
+            concerns.append('publication %s has publish_via_partition_root = false: after the conversion its '
                             'changes are published under partition names' % pub['name'])
     if not info['rls_enabled'] and any(a['grantee'] in API_ROLES for a in info['acl']):
-        warnings.append('row level security is disabled while API roles (%s) have grants: the '
+        concerns.append('row level security is disabled while API roles (%s) have grants: the '
                         'partitioned table keeps exactly these grants' % ', '.join(API_ROLES))
 
 

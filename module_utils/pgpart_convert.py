@@ -198,7 +198,7 @@ class Conversion:
             'phase': entry['phase'] if entry else None,
             'steps': self.steps,
             'partitions': [p['name'] for p in plan.get('partitions', [])],
-            'warnings': self.report['warnings'],
+            'concerns': self.report['concerns'],
             'verification': (entry or {}).get('verification') or None,
         }
         if would:

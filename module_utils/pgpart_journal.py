@@ -57,6 +57,15 @@ DDL = [
         done_at timestamptz NOT NULL DEFAULT clock_timestamp(),
         PRIMARY KEY (table_schema, table_name, chunk),
         FOREIGN KEY (table_schema, table_name) REFERENCES pgpart.conversions ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS pgpart.backups (
+        id bigserial PRIMARY KEY,
+        taken_at timestamptz NOT NULL DEFAULT now(),
+        table_schema text NOT NULL,
+        table_name text NOT NULL,
+        manifest_path text NOT NULL,
+        dump_sha256 text NOT NULL,
+        dump_bytes bigint NOT NULL,
+        row_count bigint NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS pgpart.events (
         id bigserial PRIMARY KEY,
         at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -147,6 +156,20 @@ def backfill_progress(session, schema, table):
         "extract(epoch FROM max(done_at) - min(done_at))::float AS seconds, "
         "extract(epoch FROM clock_timestamp() - max(done_at))::float AS seconds_since_last "
         "FROM pgpart.backfill_chunks WHERE table_schema = %s AND table_name = %s", (schema, table))
+
+
+def record_backup(session, schema, table, manifest_path, sha256, size, rows):
+    session.run("INSERT INTO pgpart.backups (table_schema, table_name, manifest_path, dump_sha256, dump_bytes, "
+                "row_count) VALUES (%s, %s, %s, %s, %s, %s)", (schema, table, manifest_path, sha256, size, rows))
+
+
+def latest_backup(session, schema, table):
+    """The newest recorded backup of a table, or None."""
+    if not exists(session):
+        return None
+    return session.one(
+        "SELECT taken_at::text, manifest_path, dump_sha256, dump_bytes, row_count FROM pgpart.backups "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY taken_at DESC, id DESC LIMIT 1", (schema, table))
 
 
 def history(session, schema, table, limit=50):

@@ -16,8 +16,10 @@ import hashlib
 
 MAX_IDENTIFIER_BYTES = 63
 HISTORY_SUFFIX = '_phistory'
-# A month holding fewer rows than this share of the median month is "sparse history".
-SPARSE_SHARE = 0.01
+# A month holding fewer rows than this share of the median month is sparse; this many
+# sparse months in a row separate old history from the dense months.
+SPARSE_SHARE = 0.1
+MAX_SPARSE_RUN = 3
 
 
 def month_add(month, n):
@@ -78,16 +80,27 @@ def longest_suffix():
 
 
 def dense_start(month_counts, current_month):
-    """First month that is not sparse history; current_month when there are no rows."""
-    past = sorted(c for m, c in month_counts.items() if m <= current_month)
-    if not past:
-        return min([m for m in month_counts] + [current_month])
-    median = past[len(past) // 2]
-    threshold = max(1, median * SPARSE_SHARE)
-    for month in sorted(month_counts):
-        if month_counts[month] >= threshold:
-            return month
-    return current_month
+    """First month of the dense run of months that ends at the latest populated month.
+
+    Walking back from there, a month is sparse when it holds less than SPARSE_SHARE of the
+    median populated month; MAX_SPARSE_RUN sparse or empty months in a row end the run.
+    Everything before the run is history.  With no rows at all: the current month.
+    """
+    populated = sorted(m for m, c in month_counts.items() if c > 0 and m <= current_month)
+    if not populated:
+        return current_month
+    counts = sorted(month_counts[m] for m in populated)
+    threshold = max(1, counts[len(counts) // 2] * SPARSE_SHARE)
+    start, sparse_run, month = populated[-1], 0, populated[-1]
+    while month >= populated[0]:
+        if month_counts.get(month, 0) >= threshold:
+            start, sparse_run = month, 0
+        else:
+            sparse_run += 1
+            if sparse_run >= MAX_SPARSE_RUN:
+                break
+        month = month_add(month, -1)
+    return start
 
 
 def build_plan(table, key, key_type, month_counts, current_month, premake, max_future_months):

@@ -20,8 +20,9 @@ __metaclass__ = type
 import json
 import threading
 
-from ansible.module_utils.pgpart_db import sql, ident
+from ansible.module_utils.pgpart_db import PgpartError, sql, ident
 from ansible.module_utils import pgpart_catalog as catalog
+from ansible.module_utils import pgpart_journal as journal
 from ansible.module_utils import pgpart_ddl as ddl
 from ansible.module_utils import pgpart_plan as planning
 from ansible.module_utils.pgpart_assess import month_expr
@@ -281,3 +282,24 @@ def old_table_droppable_check(session, schema, old_name):
     blockers += ['sequence %s (owned by %s.%s)' % (s['sequence'], old_name, s['column'])
                  for s in info['sequences'] if s['kind'] == 'owned']
     return check('%s can be dropped without CASCADE' % old_name, not blockers, blockers or None)
+
+
+def verify_converted(session, schema, name):
+    """The full verification of a converted table: data (while <t>_old exists) and structure."""
+    entry = journal.read(session, schema, name)
+    if not entry or entry['phase'] not in journal.AFTER_SWAP + ('cleaned',):
+        raise PgpartError('%s.%s has not been converted by pgpart (journal phase: %s): nothing to verify'
+                          % (schema, name, entry['phase'] if entry else 'none'))
+    plan, live = entry['plan'], catalog.read_table(session, schema, name)
+    checks, data = [], None
+    if entry['phase'] in journal.AFTER_SWAP:
+        data = compare_rows(session, schema, plan['old_table'], name, plan['key'], plan['key_type'])
+        checks.append(check('rows equal month by month between %s and its partitions (count and hash)'
+                            % plan['old_table'], data['ok'], data['mismatches'] or None))
+        checks.append(old_table_droppable_check(session, schema, plan['old_table']))
+    checks.extend(structure_after_swap(session, entry, live))
+    failed = [c['check'] for c in checks if not c['ok']]
+    return {'ok': not failed, 'failed': failed, 'checks': checks, 'phase': entry['phase'],
+            'data': None if data is None else {
+                'rows_old': data['rows_plain'], 'rows_partitioned': data['rows_partitioned'],
+                'months': data['months'], 'mismatches': data['mismatches']}}
