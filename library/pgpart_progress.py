@@ -45,7 +45,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 msg:
-  description: One human line, e.g. C(event_impressions: copying 41% (12/29 chunks), 410000 rows, 52000 rows/s, ETA 11s).
+  description: "One human line, e.g. C(event_impressions: copying 41% (12/29 chunks), 410000 rows, 52000 rows/s, ETA 11s)."
   returned: always
   type: str
 running:

@@ -139,9 +139,14 @@ def open_session(dsn, target, secrets, check_mode=False):
     # Catalog deparsing (pg_get_expr, pg_get_viewdef, ...) then qualifies every user object,
     # so definitions stay valid whatever the table is renamed to or whoever runs them.
     # UTC makes timestamptz text (partition bounds, row hashes) the same in every session.
+    # Verification and ANALYZE scan whole tables: a role's or database's statement_timeout
+    # (Supabase: 2 min) must not kill them.  Backfill chunks set their own statement_timeout
+    # per transaction; lock waits are bounded by lock_timeout wherever a lock is taken.
     with conn.cursor() as cur:
         cur.execute("SET search_path = ''")
         cur.execute("SET TimeZone = 'UTC'")
+        cur.execute("SET statement_timeout = 0")
+        cur.execute("SET idle_in_transaction_session_timeout = 0")
     return Session(conn, target, secrets, check_mode, dsn)
 
 

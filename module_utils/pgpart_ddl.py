@@ -105,6 +105,7 @@ def finish_parent(session, info, plan):
     new = ident(info['schema'], plan['new_table'])
     session.run(sql.SQL('ALTER TABLE {} OWNER TO {}').format(new, ident(info['owner'])))
     lock_down(session, new, info['schema'], plan['new_table'], info['owner'])
+    set_replica_identity(session, new, info['replica_identity'])
     if info['comment'] is not None:
         session.run(sql.SQL('COMMENT ON TABLE {} IS %s').format(new), (info['comment'],))
     for column in info['columns']:
@@ -171,9 +172,14 @@ def attach_partition(session, schema, parent, partition, key, key_type, template
     if template['reloptions']:
         session.run(sql.SQL('ALTER TABLE {} SET ({})').format(
             leaf, sql.SQL(', ').join(sql.SQL(o) for o in template['reloptions'] if _safe_reloption(o))))
-    if template['replica_identity'] in ('f', 'n'):
+    set_replica_identity(session, leaf, template['replica_identity'])
+
+
+def set_replica_identity(session, table, identity):
+    """FULL or NOTHING as the original had (DEFAULT needs nothing); partitions do not inherit it."""
+    if identity in ('f', 'n'):
         session.run(sql.SQL('ALTER TABLE {} REPLICA IDENTITY {}').format(
-            leaf, sql.SQL('FULL' if template['replica_identity'] == 'f' else 'NOTHING')))
+            table, sql.SQL('FULL' if identity == 'f' else 'NOTHING')))
 
 
 _RELOPTION = re.compile(r'^[a-z_.]+=[A-Za-z0-9_.\-]+$')

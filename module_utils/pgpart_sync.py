@@ -49,7 +49,7 @@ def _match(keys, row):
     return sql.SQL(' AND ').join(sql.SQL('{c} = {r}.{c}').format(c=ident(c), r=sql.SQL(row)) for c in keys)
 
 
-def row_function_body(target, columns, conflict, row_keys, overriding, never_updated):
+def row_function_body(target, target_name, columns, conflict, row_keys, overriding, never_updated):
     """plpgsql body applying one row change to `target`.
 
     conflict: the target's primary key columns.  row_keys: the columns identifying a row
@@ -61,13 +61,22 @@ def row_function_body(target, columns, conflict, row_keys, overriding, never_upd
         sql.SQL('OLD.{c} IS DISTINCT FROM NEW.{c}').format(c=ident(c)) for c in row_keys)
     return sql.SQL(
         "BEGIN\n"
+        "  {guard}\n"
         "  IF TG_OP = 'INSERT' THEN\n    {upsert}\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n"
         "    IF {key_changed} THEN\n      DELETE FROM {t} WHERE {old_match};\n    END IF;\n"
         "    {upsert}\n"
         "  ELSE\n    DELETE FROM {t} WHERE {old_match};\n  END IF;\n"
         "  RETURN NULL;\nEND").format(
-            upsert=upsert, key_changed=key_changed, t=target, old_match=_match(row_keys, 'OLD'))
+            guard=target_guard(target_name), upsert=upsert, key_changed=key_changed, t=target,
+            old_match=_match(row_keys, 'OLD'))
+
+
+def target_guard(target_name):
+    """If the copy was dropped by hand, the application's writes must still succeed: skip.
+    (Verification then reports the missing copy; nothing is silently wrong.)
+    target_name: the target's quoted, qualified name as text."""
+    return sql.SQL('IF to_regclass({}) IS NULL THEN RETURN NULL; END IF;').format(sql.Literal(target_name))
 
 
 def install(session, source, target, source_info, target_pk, table_oid, direction, owner):
@@ -80,11 +89,12 @@ def install(session, source, target, source_info, target_pk, table_oid, directio
     columns = catalog.copy_columns(source_info)
     always_identity = [c['name'] for c in source_info['columns'] if c['identity'] == 'a']
     overriding = bool(always_identity) or target_has_always_identity(session, target)
-    body = row_function_body(ident(*target), columns, target_pk, target_pk, overriding,
+    target_name = ident(*target).as_string(session.conn)
+    body = row_function_body(ident(*target), target_name, columns, target_pk, target_pk, overriding,
                              [c for c in always_identity if c not in target_pk])
     _create_function(session, row_fn, body, owner)
-    _create_function(session, truncate_fn,
-                     sql.SQL('BEGIN\n  TRUNCATE {};\n  RETURN NULL;\nEND').format(ident(*target)), owner)
+    _create_function(session, truncate_fn, sql.SQL('BEGIN\n  {}\n  TRUNCATE {};\n  RETURN NULL;\nEND').format(
+        target_guard(target_name), ident(*target)), owner)
     src = ident(*source)
     session.run(sql.SQL('CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW '
                         'EXECUTE FUNCTION {}()').format(ident(ROW_TRIGGER), src, ident('pgpart', row_fn)))

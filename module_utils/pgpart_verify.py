@@ -99,6 +99,7 @@ def shape(info, key, pk_with_key):
         'policies': sorted([p['name'], p['permissive'], p['command'], p['roles'], p['using_expr'],
                             p['check_expr']] for p in info['policies']),
         'table comment': info['comment'],
+        'replica identity': info['replica_identity'],
         'owner': info['owner'],
     }
 
@@ -292,7 +293,12 @@ def verify_converted(session, schema, name):
                           % (schema, name, entry['phase'] if entry else 'none'))
     plan, live = entry['plan'], catalog.read_table(session, schema, name)
     checks, data = [], None
-    if entry['phase'] in journal.AFTER_SWAP:
+    old_exists = catalog.relation_exists(session, schema, plan['old_table'])
+    if entry['phase'] in journal.AFTER_SWAP and not old_exists:
+        checks.append(check('%s exists until cleanup (it is the rollback copy)' % plan['old_table'], False,
+                            'dropped outside pgpart: an online rollback is no longer possible; run cleanup.yml '
+                            'to record it'))
+    elif entry['phase'] in journal.AFTER_SWAP:
         data = compare_rows(session, schema, plan['old_table'], name, plan['key'], plan['key_type'])
         checks.append(check('rows equal month by month between %s and its partitions (count and hash)'
                             % plan['old_table'], data['ok'], data['mismatches'] or None))
