@@ -15,12 +15,12 @@ from psycopg2 import sql
 
 
 class LedgerWriter:
-    def __init__(self, url, schema, table, initial_ids, seed=7, slow_seconds=2.0, pause=0.002):
+    def __init__(self, url, schema, table, initial_ids, seed=7, slow_seconds=2.0, pause=0.002, threads=3):
         self.url, self.schema, self.table = url, schema, table
         self.known = list(initial_ids)
-        self.random = random.Random(seed)
         self.slow_seconds = slow_seconds
         self.pause = pause
+        self.threads = threads
         self.ledger = {}            # id -> (created_at text, payload) or None when deleted
         self.committed = {'insert': 0, 'update': 0, 'delete': 0, 'slow': 0}
         self.failures = []
@@ -29,8 +29,8 @@ class LedgerWriter:
         self._lock = threading.Lock()
 
     def start(self):
-        self._threads = [threading.Thread(target=self._loop, daemon=True),
-                         threading.Thread(target=self._slow_transaction, daemon=True)]
+        self._threads = [threading.Thread(target=self._loop, args=(seed,), daemon=True) for seed in range(self.threads)]
+        self._threads.append(threading.Thread(target=self._slow_transaction, daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -49,13 +49,14 @@ class LedgerWriter:
     def _target(self):
         return sql.Identifier(self.schema, self.table)
 
-    def _loop(self):
+    def _loop(self, seed):
         conn = self._conn()
+        rng = random.Random(seed)
         try:
             while not self._stop.is_set():
-                op = self.random.choice(('insert', 'insert', 'update', 'update', 'delete'))
+                op = rng.choice(('insert', 'update', 'update', 'delete'))
                 try:
-                    self._one(conn, op)
+                    self._one(conn, op, rng)
                 except psycopg2.Error as exc:
                     conn.rollback()
                     self.failures.append('%s: %s' % (op, str(exc).strip()))
@@ -63,13 +64,13 @@ class LedgerWriter:
         finally:
             conn.close()
 
-    def _one(self, conn, op):
+    def _one(self, conn, op, rng):
         with conn.cursor() as cur:
             if op == 'insert':
-                payload = 'ins-%d' % self.random.randrange(10 ** 9)
+                payload = 'ins-%d' % rng.randrange(10 ** 9)
                 cur.execute(sql.SQL("INSERT INTO {} (created_at, payload) VALUES (now() - make_interval(days => %s), %s) "
                                     "RETURNING id, created_at::text").format(self._target()),
-                            (self.random.randrange(0, 200), payload))
+                            (rng.randrange(0, 200), payload))
                 row_id, created = cur.fetchone()
                 conn.commit()
                 self._record(row_id, (created, payload), op)
@@ -77,10 +78,10 @@ class LedgerWriter:
             with self._lock:
                 if not self.known:
                     return
-                row_id = self.random.choice(self.known)
+                row_id = rng.choice(self.known)
             if op == 'update':
-                payload = 'upd-%d' % self.random.randrange(10 ** 9)
-                move = self.random.random() < 0.3  # sometimes move the row to another month
+                payload = 'upd-%d' % rng.randrange(10 ** 9)
+                move = rng.random() < 0.3  # sometimes move the row to another month
                 cur.execute(sql.SQL("UPDATE {} SET payload = %s, created_at = CASE WHEN %s THEN created_at - "
                                     "interval '40 days' ELSE created_at END WHERE id = %s "
                                     "RETURNING id, created_at::text").format(self._target()), (payload, move, row_id))

@@ -1,0 +1,136 @@
+"""Online means online: writes during the copy and the swap, a killed run, a blocking reader.
+
+After every scenario the table must hold exactly the initial rows plus every committed
+change of the concurrent writer (tests/workload.py), each present once.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ansible.module_utils import pgpart_journal as journal
+from helpers import convert, verified
+from workload import LedgerWriter, table_state
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def activity(db):
+    """60k rows over 24 months; ids from a bigserial; an index besides the primary key."""
+    db.query("CREATE TABLE activity (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), "
+             "payload text NOT NULL)")
+    db.query("CREATE INDEX activity_created_at_idx ON activity (created_at)")
+    db.query("INSERT INTO activity (created_at, payload) SELECT now() - make_interval(secs => g * 1036.8), "
+             "'init-' || g FROM generate_series(1, 60000) g")
+    db.query("ANALYZE activity")
+    return db
+
+
+def assert_exact(db, writer, initial):
+    state, count = table_state(db.url, 'public', 'activity')
+    expected = writer.expected_state(initial)
+    assert count == len(state), 'an id is present more than once'
+    missing = set(expected) - set(state)
+    extra = set(state) - set(expected)
+    changed = [k for k in expected if k in state and state[k] != expected[k]]
+    assert not missing and not extra and not changed, (sorted(missing)[:5], sorted(extra)[:5], changed[:5])
+
+
+def test_writes_during_backfill_and_swap_are_all_present_exactly_once(activity, session_for):
+    initial, _ = table_state(activity.url, 'public', 'activity')
+    writer = LedgerWriter(activity.url, 'public', 'activity', list(initial), slow_seconds=2.5).start()
+    time.sleep(0.3)
+    try:
+        result = convert(session_for(activity), 'activity', batch_rows=6000, batch_pause_ms=20, workers=2,
+                         lock_timeout_ms=200, lock_attempts=100, max_backoff_ms=400)
+        time.sleep(0.5)  # keep writing into the partitioned table after the swap
+    finally:
+        writer.stop()
+    assert result['phase'] == 'converted'
+    assert writer.failures == []
+    assert min(writer.committed['update'], writer.committed['delete'], writer.committed['insert']) > 20
+    assert writer.committed['slow'] == 1
+    assert_exact(activity, writer, initial)
+    verified(session_for(activity), 'activity')  # and activity_old stayed exactly current too
+
+
+def test_a_run_killed_mid_backfill_resumes_and_ends_exact(activity, session_for):
+    initial, _ = table_state(activity.url, 'public', 'activity')
+    writer = LedgerWriter(activity.url, 'public', 'activity', list(initial), slow_seconds=0.5).start()
+    script = ("import sys, json; sys.path[:0] = ['tests', 'tools']; import conftest; "
+              "from ansible.module_utils import pgpart_db, pgpart_convert; "
+              "s = pgpart_db.connect({'database_url': sys.argv[1]}); "
+              "pgpart_convert.Conversion(s, 'public', 'activity', batch_rows=1000, batch_pause_ms=150, workers=1).run()")
+    child = subprocess.Popen([sys.executable, '-c', script, activity.url], cwd=ROOT, start_new_session=True)
+    session = session_for(activity)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            progress = journal.backfill_progress(session, 'public', 'activity') if journal.exists(session) else None
+            if progress and progress['chunks_done'] >= 5:
+                break
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        entry = journal.read(session, 'public', 'activity')
+        assert entry['phase'] == 'syncing'
+        done_before = journal.backfill_progress(session, 'public', 'activity')['chunks_done']
+        assert 5 <= done_before < entry['backfill']['chunks']
+        result = convert(session, 'activity', batch_rows=1000, workers=2)
+        time.sleep(0.3)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        writer.stop()
+    backfill_step = next(s for s in result['steps'] if s['phase'] == 'backfilled')
+    assert backfill_step['chunks_resumed_from'] >= done_before  # it did not start over
+    assert writer.failures == []
+    assert_exact(activity, writer, initial)
+    verified(session, 'activity')
+
+
+def test_a_long_reader_delays_the_swap_but_nobody_queues_behind_it(activity, session_for):
+    lock_timeout_ms = 200
+    reader = activity.connect(autocommit=False)
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM activity")  # holds ACCESS SHARE until commit
+    latencies, stop = [], threading.Event()
+
+    def probe():
+        conn = activity.connect()
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                started = time.time()
+                cur.execute("SELECT payload FROM activity WHERE id = 1")
+                latencies.append(time.time() - started)
+                time.sleep(0.02)
+        conn.close()
+    outcome = {}
+
+    def run():
+        outcome['result'] = convert(session_for(activity), 'activity', lock_timeout_ms=lock_timeout_ms,
+                                    lock_attempts=200, max_backoff_ms=300)
+    probe_thread, convert_thread = threading.Thread(target=probe), threading.Thread(target=run)
+    probe_thread.start()
+    convert_thread.start()
+    time.sleep(4.0)  # the copy finishes quickly; the swap keeps retrying behind the reader
+    assert convert_thread.is_alive(), 'the swap did not wait for the reader'
+    reader.commit()
+    reader.close()
+    convert_thread.join(timeout=120)
+    stop.set()
+    probe_thread.join(timeout=10)
+    swap = next(s for s in outcome['result']['steps'] if s['phase'] == 'swapped')
+    assert swap['attempts'] > 3
+    # Each attempt gives up after lock_timeout; a query queued behind it waits no longer than that
+    # (plus the swap itself). Without lock_timeout it would have waited the reader's 4 seconds.
+    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+    assert len(latencies) > 50
+    verified(session_for(activity), 'activity')
