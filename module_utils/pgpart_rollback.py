@@ -88,8 +88,7 @@ def swap_back(session, entry, locked, force):
     result = {'changed': True, 'action': 'swap_back', 'phase_before': entry['phase'], 'rows': data['rows_plain'],
               'attempts': attempts, 'lock_ms': round(seconds * 1000, 1), 'data_matched': data['ok']}
     if data['ok']:
-        result.update(drop_leftover(session, journal.read(session, schema, name), locked))
-        result['changed'] = True
+        result['dropped'] = drop_leftover(session, journal.read(session, schema, name), locked).get('dropped')
     else:
         result['kept_aside'] = plan['new_table']
     return result

@@ -27,15 +27,16 @@ def relation_names(db, pattern, kinds=('r', 'p')):
                                          (pattern, list(kinds))))
 
 
-def catalog_fingerprint(db):
-    """Everything a refused or check-mode run must leave untouched."""
+def catalog_fingerprint(db, exclude_schemas=()):
+    """Everything a refused or check-mode run must leave untouched (schemas listed are left out)."""
     return db.query(
-        "SELECT c.relname, c.relkind, c.relacl::text, c.relrowsecurity, c.relforcerowsecurity, "
+        "SELECT n.nspname, c.relname, c.relkind, c.relacl::text, c.relrowsecurity, c.relforcerowsecurity, "
         "(SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid), "
         "(SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1") + db.query(
-        "SELECT nspname FROM pg_namespace ORDER BY 1")
+        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname <> ALL (%s) "
+        "ORDER BY 1, 2", (list(exclude_schemas),)) + db.query(
+        "SELECT nspname FROM pg_namespace WHERE nspname <> ALL (%s) ORDER BY 1", (list(exclude_schemas),))
 
 
 def as_role(db, role, statement, args=None):
