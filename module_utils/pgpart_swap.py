@@ -66,10 +66,10 @@ def recreate_dependents(session, dependents):
         session.run(sql.SQL(function['definition']))
 
 
-def apply_grants(session, table, acl, column_acl):
+def apply_grants(session, table, acl, column_acl, kind='TABLE'):
     for grant in acl:
-        session.run(sql.SQL('GRANT {} ON TABLE {} TO {}{}').format(
-            sql.SQL(grant['privilege']), table, ddl.role_ident(grant['grantee']),
+        session.run(sql.SQL('GRANT {} ON {} {} TO {}{}').format(
+            sql.SQL(grant['privilege']), sql.SQL(kind), table, ddl.role_ident(grant['grantee']),
             sql.SQL(' WITH GRANT OPTION' if grant['grantable'] else '')))
     for grant in column_acl:
         session.run(sql.SQL('GRANT {} ({}) ON TABLE {} TO {}{}').format(
@@ -177,6 +177,8 @@ def move_sequences_in(session, schema, name, live, staged):
             continue
         new_seq = staged_identity[seq['column']]
         continue_sequence(session, seq, new_seq)
+        apply_grants(session, ident(new_seq['sequence_schema'], new_seq['sequence_name']),
+                     catalog.table_acl(session, seq['sequence_schema'], seq['sequence_name']), [], kind='SEQUENCE')
         retired = planning.fit_name(seq['sequence_name'], '_old')
         rename_sequence(session, seq['sequence_schema'], seq['sequence_name'], retired)
         rename_sequence(session, new_seq['sequence_schema'], new_seq['sequence_name'], seq['sequence_name'])

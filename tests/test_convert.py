@@ -143,7 +143,12 @@ def test_trap2_19_parent_keeps_the_acl_partitions_are_closed_to_the_api(sample, 
     assert 'permission denied' in as_role(sample, 'authenticated', 'SELECT count(*) FROM public.event_impressions_old')
 
 
-def test_trap3_identity_continues_and_generated_columns_are_recomputed(converted):
+def test_trap3_identity_continues_and_generated_columns_are_recomputed(sample, session_for):
+    sample.query("GRANT USAGE, SELECT ON SEQUENCE ticket_analytics_id_seq TO authenticated")
+    convert(session_for(sample), 'ticket_analytics')
+    converted = sample
+    assert converted.scalar("SELECT has_sequence_privilege('authenticated', "
+                            "pg_get_serial_sequence('ticket_analytics', 'id'), 'USAGE')")
     max_id = converted.scalar("SELECT max(id) FROM ticket_analytics_old")
     new_id = converted.scalar("INSERT INTO ticket_analytics (event_id, ticket_type, quantity, unit_price, channel) "
                               "SELECT min(id), 'vip', 2, 10.50, 'WEB' FROM events RETURNING id")
