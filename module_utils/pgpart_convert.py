@@ -13,7 +13,7 @@ __metaclass__ = type
 
 import time
 
-from ansible.module_utils.pgpart_db import PgpartError, sql, ident, retry_on_lock_timeout
+from ansible.module_utils.pgpart_db import PgpartError, sql, ident, lock_blockers, retry_on_lock_timeout
 from ansible.module_utils import pgpart_assess as assess
 from ansible.module_utils import pgpart_backfill as backfill
 from ansible.module_utils import pgpart_catalog as catalog
@@ -66,7 +66,7 @@ class Conversion:
                 raise PgpartError(refusal_message(self.report), reasons=self.report['reasons'],
                                   assessment=self.report)
             if self.session.check_mode:
-                return self.preview()
+                return self.preview() if self.report['state'] == 'plain' else self.remaining()
             journal.ensure(self.session)
             for phase, method in STEPS:
                 if self.reached(phase):
@@ -87,9 +87,10 @@ class Conversion:
             return False
         return journal.PHASES.index(entry['phase']) >= journal.PHASES.index(phase)
 
-    def locked(self, work):
+    def locked(self, work, relations=None):
         return retry_on_lock_timeout(self.session, work, self.options['lock_timeout_ms'],
-                                     self.options['lock_attempts'], self.options['max_backoff_ms'])
+                                     self.options['lock_attempts'], self.options['max_backoff_ms'],
+                                     relations=relations)
 
     # -- phases ----------------------------------------------------------------------------------
     def planned(self):
@@ -154,8 +155,10 @@ class Conversion:
 
     def swap(self):
         entry = self.entry()
-        _, attempts, seconds = self.locked(lambda: swap.swap_in(self.session, entry))
-        return {'attempts': attempts, 'lock_ms': round(seconds * 1000, 1)}
+        tables = [(self.schema, self.table), (self.schema, entry['plan']['new_table'])]
+        waited_for = lock_blockers(self.session, tables)
+        _, attempts, seconds = self.locked(lambda: swap.swap_in(self.session, entry), relations=tables)
+        return {'attempts': attempts, 'lock_ms': round(seconds * 1000, 1), 'waited_for': waited_for}
 
     def analyze(self):
         # Autovacuum never analyzes a partitioned parent (trap #16); ANALYZE also does the leaves.
@@ -187,6 +190,12 @@ class Conversion:
         self.session.queries.append(backfill.first_chunk_sql(self.session, info, plan, chunking))
         return self.result(changed=True, would=['prepare', 'sync', 'backfill %d chunks' % chunking['chunks'],
                                                 'verify', 'swap', 'analyze'])
+
+    def remaining(self):
+        """Check mode on a conversion already under way: the phases a re-run would finish."""
+        entry = self.entry()
+        left = [phase for phase, _ in STEPS if not self.reached(phase)] if entry else []
+        return self.result(changed=bool(left), would=left)
 
     def result(self, changed=None, would=None):
         entry = self.entry() if not self.session.check_mode else None

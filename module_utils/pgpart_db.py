@@ -317,7 +317,7 @@ def ident(*names):
 
 
 def retry_on_lock_timeout(session, work, lock_timeout_ms, attempts, max_backoff_ms=5000,
-                          on_retry=None, sleep=time.sleep, jitter=None):
+                          on_retry=None, sleep=time.sleep, jitter=None, relations=None):
     """Run `work()` inside a transaction with SET LOCAL lock_timeout, retrying on lock timeouts.
 
     Backoff doubles from lock_timeout up to max_backoff_ms, with random jitter so several
@@ -338,23 +338,36 @@ def retry_on_lock_timeout(session, work, lock_timeout_ms, attempts, max_backoff_
         except psycopg2.errors.LockNotAvailable:
             if attempt == attempts:
                 break
-            blockers = lock_blockers(session)
+            blockers = lock_blockers(session, relations)
             if on_retry:
                 on_retry(attempt, blockers)
             sleep((delay * (0.5 + jitter())) / 1000.0)
             delay = min(delay * 2, max_backoff_ms)
+    blockers = lock_blockers(session, relations)
+    dumps = [b for b in blockers if b['application_name'] == 'pg_dump']
     raise PgpartError(
-        'could not take the locks needed within lock_timeout=%dms after %d attempts; '
-        'long-running transactions or queries hold them. Nothing was changed by this step; '
-        're-run when they have finished (see blockers).' % (lock_timeout_ms, attempts),
-        blockers=lock_blockers(session))
+        'could not take the locks needed within lock_timeout=%dms after %d attempts; %s. Nothing was changed '
+        'by this step; re-run when they have finished (see blockers).' % (
+            lock_timeout_ms, attempts,
+            'a pg_dump (pid %s) is running and holds its locks until it ends' % dumps[0]['pid'] if dumps else
+            'long-running transactions or queries hold them'), blockers=blockers)
 
 
-def lock_blockers(session):
-    """Sessions that have been in a transaction for more than a second (other than ours)."""
+def lock_blockers(session, relations=None):
+    """Other sessions in a transaction for more than a second; with relations ((schema, name)
+    pairs), only those holding a lock on one of them."""
+    names = ['%s.%s' % (quote_ident_text(s), quote_ident_text(n)) for s, n in relations] if relations else None
     return session.fetch(
-        "SELECT pid, usename::text AS user, application_name, state, "
-        "round(extract(epoch FROM now() - xact_start)::numeric, 1)::float AS xact_seconds, "
-        "left(query, 200) AS query FROM pg_stat_activity "
-        "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND datname = current_database() "
-        "AND now() - xact_start > interval '1 second' ORDER BY xact_start LIMIT 10")
+        "SELECT a.pid, a.usename::text AS user, a.application_name, a.state, "
+        "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float AS xact_seconds, "
+        "left(a.query, 200) AS query FROM pg_stat_activity a "
+        "WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid() AND a.datname = current_database() "
+        "AND now() - a.xact_start > interval '1 second' AND (%(names)s::text[] IS NULL OR EXISTS ("
+        "  SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted "
+        "  AND l.relation = ANY (SELECT to_regclass(n) FROM unnest(%(names)s::text[]) n))) "
+        "ORDER BY a.xact_start LIMIT 10", {'names': names})
+
+
+def quote_ident_text(name):
+    """An identifier quoted as text for to_regclass() (a value, never spliced into SQL)."""
+    return '"%s"' % name.replace('"', '""')

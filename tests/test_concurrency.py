@@ -134,3 +134,24 @@ def test_a_long_reader_delays_the_swap_but_nobody_queues_behind_it(activity, ses
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
     assert len(latencies) > 50
     verified(session_for(activity), 'activity')
+
+
+def test_a_swap_that_never_gets_its_locks_gives_up_cleanly_and_resumes_later(activity, session_for):
+    reader = activity.connect(autocommit=False)
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM activity")
+        cur.execute("SELECT pg_backend_pid()")
+        reader_pid = cur.fetchone()[0]
+    time.sleep(1.2)  # an old enough transaction to be reported as a blocker
+    session = session_for(activity)
+    with pytest.raises(Exception) as failure:
+        convert(session, 'activity', lock_timeout_ms=100, lock_attempts=3, max_backoff_ms=100)
+    assert 'could not take the locks needed within lock_timeout=100ms after 3 attempts' in str(failure.value)
+    assert reader_pid in [b['pid'] for b in failure.value.details['blockers']]
+    assert journal.read(session, 'public', 'activity')['phase'] == 'verified'
+    assert activity.scalar("SELECT relkind FROM pg_class WHERE relname = 'activity'") == 'r'
+    reader.commit()
+    reader.close()
+    result = convert(session, 'activity')
+    assert [s['phase'] for s in result['steps']] == ['swapped', 'converted']
+    verified(session, 'activity')
