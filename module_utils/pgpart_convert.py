@@ -39,7 +39,7 @@ class DryRun:
     def __init__(self, session):
         self._session = session
 
-    def run(self, query, params=None):
+    def run(self, query, params=None, record=True):
         self._session.plan(query, params)
         return 0
 

@@ -224,9 +224,14 @@ class Session:
         with self.conn.cursor() as cur:
             return cur.mogrify(query, params).decode()
 
-    def run(self, query, params=None):
-        """Execute a statement that changes something, and record it in `queries`."""
-        self.queries.append(self.text(query, params))
+    def run(self, query, params=None, record=True):
+        """Execute a statement that changes something, and record it in `queries`.
+
+        record=False for pgpart's own bookkeeping (journal rows), which is not what a
+        reader of `queries` wants to review.
+        """
+        if record:
+            self.queries.append(self.text(query, params))
         with self.conn.cursor() as cur:
             cur.execute(query, params)
             return cur.rowcount

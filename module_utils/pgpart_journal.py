@@ -110,9 +110,9 @@ def start(session, schema, table, plan, original):
         "SET phase = 'prepared', plan = EXCLUDED.plan, original = EXCLUDED.original, saved = '{}', "
         "backfill = '{}', verification = '{}', backup = NULL, started_at = now(), updated_at = now(), swapped_at = NULL, "
         "finished_at = NULL",
-        (schema, table, json.dumps(plan), json.dumps(original)))
+        (schema, table, json.dumps(plan), json.dumps(original)), record=False)
     session.run("DELETE FROM pgpart.backfill_chunks WHERE table_schema = %s AND table_name = %s",
-                (schema, table))
+                (schema, table), record=False)
     log(session, schema, table, 'prepared', {'partitions': len(plan['partitions'])})
 
 
@@ -126,7 +126,7 @@ def set_phase(session, schema, table, phase, **fields):
             assignments.append(sql.SQL('{} = %s').format(sql.Identifier(name)))
             params.append(json.dumps(value))
     session.run(sql.SQL('UPDATE pgpart.conversions SET {} WHERE table_schema = %s AND table_name = %s')
-                .format(sql.SQL(', ').join(assignments)), params + [schema, table])
+                .format(sql.SQL(', ').join(assignments)), params + [schema, table], record=False)
     log(session, schema, table, phase)
 
 
@@ -135,12 +135,12 @@ def update(session, schema, table, **fields):
     for name, value in sorted(fields.items()):
         session.run(sql.SQL('UPDATE pgpart.conversions SET {} = %s, updated_at = now() '
                             'WHERE table_schema = %s AND table_name = %s').format(sql.Identifier(name)),
-                    (json.dumps(value), schema, table))
+                    (json.dumps(value), schema, table), record=False)
 
 
 def log(session, schema, table, action, detail=None):
     session.run("INSERT INTO pgpart.events (table_schema, table_name, action, detail) VALUES (%s, %s, %s, %s)",
-                (schema, table, action, json.dumps(detail or {})))
+                (schema, table, action, json.dumps(detail or {})), record=False)
 
 
 def chunks_done(session, schema, table):
@@ -160,7 +160,8 @@ def backfill_progress(session, schema, table):
 
 def record_backup(session, schema, table, manifest_path, sha256, size, rows):
     session.run("INSERT INTO pgpart.backups (table_schema, table_name, manifest_path, dump_sha256, dump_bytes, "
-                "row_count) VALUES (%s, %s, %s, %s, %s, %s)", (schema, table, manifest_path, sha256, size, rows))
+                "row_count) VALUES (%s, %s, %s, %s, %s, %s)", (schema, table, manifest_path, sha256, size, rows),
+                record=False)
 
 
 def latest_backup(session, schema, table):
