@@ -349,12 +349,12 @@ def retry_on_lock_timeout(session, work, lock_timeout_ms, attempts, max_backoff_
             sleep((delay * (0.5 + jitter())) / 1000.0)
             delay = min(delay * 2, max_backoff_ms)
     blockers = lock_blockers(session, relations)
-    dumps = [b for b in blockers if b['application_name'] == 'pg_dump']
+    dumps = [b for b in blockers if b['application_name'] in ('pg_dump', 'pgpart_backup')]
     raise PgpartError(
         'could not take the locks needed within lock_timeout=%dms after %d attempts; %s. Nothing was changed '
         'by this step; re-run when they have finished (see blockers).' % (
             lock_timeout_ms, attempts,
-            'a pg_dump (pid %s) is running and holds its locks until it ends' % dumps[0]['pid'] if dumps else
+            'a backup (pg_dump, pid %s) is running and holds its locks until it ends' % dumps[0]['pid'] if dumps else
             'long-running transactions or queries hold them'), blockers=blockers)
 
 

@@ -43,7 +43,6 @@ DDL = [
         saved jsonb NOT NULL DEFAULT '{}',
         backfill jsonb NOT NULL DEFAULT '{}',
         verification jsonb NOT NULL DEFAULT '{}',
-        backup jsonb,
         started_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now(),
         swapped_at timestamptz,
@@ -96,7 +95,7 @@ def read(session, schema, table):
     if not exists(session):
         return None
     return session.one(
-        "SELECT table_schema, table_name, phase, plan, original, saved, backfill, verification, backup, "
+        "SELECT table_schema, table_name, phase, plan, original, saved, backfill, verification, "
         "started_at::text, updated_at::text, swapped_at::text, finished_at::text, "
         "extract(epoch FROM now() - swapped_at)::float / 3600 AS hours_since_swap "
         "FROM pgpart.conversions WHERE table_schema = %s AND table_name = %s", (schema, table))
@@ -108,7 +107,7 @@ def start(session, schema, table, plan, original):
         "INSERT INTO pgpart.conversions (table_schema, table_name, phase, plan, original) "
         "VALUES (%s, %s, 'prepared', %s, %s) ON CONFLICT (table_schema, table_name) DO UPDATE "
         "SET phase = 'prepared', plan = EXCLUDED.plan, original = EXCLUDED.original, saved = '{}', "
-        "backfill = '{}', verification = '{}', backup = NULL, started_at = now(), updated_at = now(), swapped_at = NULL, "
+        "backfill = '{}', verification = '{}', started_at = now(), updated_at = now(), swapped_at = NULL, "
         "finished_at = NULL",
         (schema, table, json.dumps(plan), json.dumps(original)), record=False)
     session.run("DELETE FROM pgpart.backfill_chunks WHERE table_schema = %s AND table_name = %s",
@@ -158,10 +157,11 @@ def backfill_progress(session, schema, table):
         "FROM pgpart.backfill_chunks WHERE table_schema = %s AND table_name = %s", (schema, table))
 
 
-def record_backup(session, schema, table, manifest_path, sha256, size, rows):
-    session.run("INSERT INTO pgpart.backups (table_schema, table_name, manifest_path, dump_sha256, dump_bytes, "
-                "row_count) VALUES (%s, %s, %s, %s, %s, %s)", (schema, table, manifest_path, sha256, size, rows),
-                record=False)
+def record_backup(session, schema, table, manifest_path, sha256, size, rows, taken_at):
+    """taken_at: the time of the dump's snapshot (what 'rows written since the backup' counts from)."""
+    session.run("INSERT INTO pgpart.backups (taken_at, table_schema, table_name, manifest_path, dump_sha256, "
+                "dump_bytes, row_count) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (taken_at, schema, table, manifest_path, sha256, size, rows), record=False)
 
 
 def latest_backup(session, schema, table):

@@ -23,13 +23,10 @@ from ansible.module_utils import pgpart_sync as sync
 from ansible.module_utils import pgpart_verify as verify
 
 RESTORE_PROCEDURE = (
-    'Restore from the backup taken before the conversion: '
-    '(1) pg_restore --list the dump to check it; '
-    '(2) pg_restore -d <database> --table=<table> into a scratch database, or rename the live table and restore '
-    'into the original name: ALTER TABLE {t} RENAME TO {t}_partitioned; pg_restore -d <db> -t {t} <dump>; '
-    '(3) copy the rows written since the backup from {t}_partitioned (INSERT ... SELECT ... WHERE created_at > '
-    '<backup time> ON CONFLICT DO NOTHING); (4) re-point views, grants and publications, then drop '
-    '{t}_partitioned. See README "Restoring after cleanup".')
+    'The partitioned table {t} holds every current row: if it is healthy, keep it (a rollback only changes the '
+    'layout). To go back to a plain table anyway, or if its data is damaged, follow README "Restoring after '
+    'cleanup": restore the pre-conversion dump (it holds the table as of the snapshot time in its manifest) into a '
+    'scratch schema with pg_restore, then reconcile the rows changed since then from {t}.')
 
 
 def rollback(session, schema, name, force=False, lock_timeout_ms=1000, lock_attempts=30, max_backoff_ms=10000):

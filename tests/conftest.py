@@ -78,6 +78,10 @@ def db(server):
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute('CREATE DATABASE "%s"' % name)
+        # A safety net: a test stuck on a lock or a query fails instead of hanging CI
+        # (pgpart's own sessions set their timeouts explicitly).
+        cur.execute('ALTER DATABASE "%s" SET lock_timeout = \'120s\'' % name)
+        cur.execute('ALTER DATABASE "%s" SET statement_timeout = \'300s\'' % name)
     admin.close()
     yield Database(server, name)
     admin = psycopg2.connect(server.url("postgres"))
