@@ -45,7 +45,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 msg:
-  description: "One human line, e.g. C(event_impressions: copying 41% (12/29 chunks), 410000 rows, 52000 rows/s, ETA 11s)."
+  description: "One human line, e.g. C(event_impressions: copying 41% (12/29 chunks), 410000 of ~1000000 rows, 52000 rows/s, ETA 11s)."
   returned: always
   type: str
 running:
@@ -118,8 +118,9 @@ def describe(table, state):
         return '%s: no run is working on it (journal phase: %s)' % (table, phase)
     line = '%s: %s' % (table, NEXT_STEP.get(phase, phase))
     if phase == 'syncing' and state['chunks']:
-        line += ' %d%% (%d/%d chunks), %d rows' % (100 * state['chunks_done'] // max(state['chunks'], 1),
-                                                  state['chunks_done'], state['chunks'], state['rows_done'])
+        line += ' %d%% (%d/%d chunks), %d of ~%d rows' % (
+            100 * state['chunks_done'] // max(state['chunks'], 1), state['chunks_done'], state['chunks'],
+            state['rows_done'], state['rows_estimate'] or 0)
         if state['rate_rows_per_s']:
             line += ', %d rows/s' % state['rate_rows_per_s']
         if state['eta_seconds'] is not None:

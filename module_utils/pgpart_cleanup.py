@@ -28,8 +28,8 @@ def gates(session, entry, min_age_hours, pg_restore=None):
     hours = entry['hours_since_swap'] or 0.0
     facts['hours_since_swap'] = round(hours, 2)
     if hours < min_age_hours:
-        allowed_at = session.scalar("SELECT (%s::timestamptz + make_interval(hours => %s))::text",
-                                    (entry['swapped_at'], min_age_hours))
+        allowed_at = session.scalar("SELECT (%s::timestamptz + %s * interval '1 hour')::text",
+                                    (entry['swapped_at'], float(min_age_hours)))
         problems.append('the swap was %.1f hours ago; the validation window is %s hours: cleanup is allowed from %s'
                         % (hours, min_age_hours, allowed_at))
     report = verify.verify_converted(session, schema, name)

@@ -80,7 +80,7 @@ def swap_back(session, entry, locked, force):
                                                plan['new_table']), mismatches=data['mismatches'])
     if session.check_mode:
         return {'changed': True, 'action': 'swap_back', 'rows': data['rows_plain'], 'would_drop': plan['new_table']}
-    _, attempts, seconds = locked(lambda: swap.swap_back(session, entry))
+    _, attempts, seconds = locked(lambda: swap.swap_back(session, entry, keep_aside=not data['ok']))
     session.run(sql.SQL('ANALYZE {}').format(ident(schema, name)))
     result = {'changed': True, 'action': 'swap_back', 'phase_before': entry['phase'], 'rows': data['rows_plain'],
               'attempts': attempts, 'lock_ms': round(seconds * 1000, 1), 'data_matched': data['ok']}
@@ -97,6 +97,10 @@ def drop_leftover(session, entry, locked):
     schema, plan = entry['table_schema'], entry['plan']
     if not catalog.relation_exists(session, schema, plan['new_table']):
         return {'changed': False, 'action': 'none', 'msg': 'already rolled back'}
+    if (entry.get('saved') or {}).get('kept_aside'):
+        return {'changed': False, 'action': 'none', 'kept_aside': plan['new_table'],
+                'msg': '%s was kept aside because it differed from the restored table; compare them and drop it '
+                       'by hand when it is no longer needed' % plan['new_table']}
     if session.check_mode:
         return {'changed': True, 'action': 'drop_leftover', 'would_drop': plan['new_table']}
 

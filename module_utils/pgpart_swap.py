@@ -187,10 +187,11 @@ def move_sequences_in(session, schema, name, live, staged):
     return renames
 
 
-def swap_back(session, entry):
+def swap_back(session, entry, keep_aside=False):
     """The reverse swap (rollback before cleanup): the original plain table becomes live again.
 
-    The partitioned table gets its staging name <t>_new back; the caller drops it.
+    The partitioned table gets its staging name <t>_new back; the caller drops it, unless
+    keep_aside (recorded in the journal, so no later run drops it either).
     """
     schema, name, plan, saved = entry['table_schema'], entry['table_name'], entry['plan'], entry['saved']
     original = entry['original']
@@ -214,7 +215,8 @@ def swap_back(session, entry):
         session.run(sql.SQL('DROP TRIGGER IF EXISTS {} ON {}').format(ident(trigger['name']), aside))
     current_pubs = catalog.read_table(session, schema, plan['new_table'])['publications']
     move_publications(session, current_pubs, restored, aside)
-    journal.set_phase(session, schema, name, 'rolled_back', finished_at=True)
+    journal.set_phase(session, schema, name, 'rolled_back', finished_at=True,
+                      saved=dict(saved, kept_aside=plan['new_table'] if keep_aside else None))
 
 
 def move_sequences_back(session, schema, name, original, saved):

@@ -173,3 +173,20 @@ def test_dropping_old_by_hand_never_breaks_writes_and_cleanup_records_it(convert
     assert 'already been dropped outside pgpart' in result['msg']
     with pytest.raises(psycopg2.Error):
         db.query("SELECT 1 FROM activity_old")
+
+
+def test_a_forced_rollback_keeps_the_differing_copy_even_when_run_again(activity, session_for):  # noqa: F811
+    session = session_for(activity)
+    convert(session, 'activity')
+    activity.query("ALTER TABLE activity DISABLE TRIGGER pgpart_sync")
+    activity.query("INSERT INTO activity (payload) VALUES ('only here')")
+    assert rollback(session, 'activity', force=True)['kept_aside'] == 'activity_new'
+    again = rollback(session, 'activity')
+    assert again['changed'] is False and again['kept_aside'] == 'activity_new'
+    assert activity.scalar("SELECT count(*) FROM activity_new WHERE payload = 'only here'") == 1
+
+
+def test_cleanup_refusal_inside_a_fractional_window_says_when(converted_with_backup):
+    _, session, _ = converted_with_backup
+    with pytest.raises(PgpartError, match='validation window is 1.5 hours: cleanup is allowed from'):
+        cleanup(session, 'activity', min_age_hours=1.5)
