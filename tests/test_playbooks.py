@@ -176,7 +176,6 @@ class TestLifecycle:
         assert copying, lifecycle.first
         assert any(re.search(r'\d+% \(\d+/\d+ chunks\), \d+ of ~\d+ rows', line) for line in copying)
         assert any('rows/s' in line and 'ETA' in line for line in copying)
-        assert any('[rows ' in line and ' of ~' in line for line in copying)
         assert any('event_impressions: done' in line for line in lines)
 
     def test_report_files_say_what_happened(self, lifecycle):
