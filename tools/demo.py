@@ -59,14 +59,14 @@ def start(rows, rate):
     print('PostgreSQL %d from %s, port %d' % (cluster.major, cluster.bindir, cluster.port))
 
     say('Generating the sample database (%s rows per fact table)' % format(rows, ','))
-    run([PYTHON, str(ROOT / 'tools' / 'sample_db.py'), '--dsn', url, '--rows', str(rows)], timeout=3600)
+    run([PYTHON, str(ROOT / 'tools' / 'sample_db.py'), '--rows', str(rows)], url, timeout=3600)
 
     say('Starting a writer that keeps inserting %d rows/s into each fact table' % rate)
     stop_file, summary = STATE / 'writer.stop', STATE / 'writer.json'
     stop_file.unlink(missing_ok=True)
-    writer = subprocess.Popen([PYTHON, str(ROOT / 'tools' / 'demo_writer.py'), '--dsn', url, '--rate', str(rate),
+    writer = subprocess.Popen([PYTHON, str(ROOT / 'tools' / 'demo_writer.py'), '--rate', str(rate),
                                '--stop-file', str(stop_file), '--summary', str(summary)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL)
+                              env=dict(os.environ, DATABASE_URL=url), stdout=subprocess.DEVNULL)
     time.sleep(2)
 
     say('Deploying: ansible-playbook deploy.yml -l local')
@@ -102,8 +102,9 @@ def next_steps(code):
           '  scripts/demo.sh stop       stop the demo database and delete it')
 
 
-def run(command, timeout):
-    subprocess.run(command, cwd=ROOT, check=True, timeout=timeout)
+def run(command, url, timeout):
+    """Run a tool with the database URL in its environment (never on a command line)."""
+    subprocess.run(command, cwd=ROOT, check=True, timeout=timeout, env=dict(os.environ, DATABASE_URL=url))
 
 
 def status():

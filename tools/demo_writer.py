@@ -306,7 +306,9 @@ def count_rows(dsn_or_conn, run_id):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"),
+                        help="libpq URL or key=value string (default: $DATABASE_URL, which keeps the "
+                             "password off the command line)")
     parser.add_argument("--rate", type=float, default=20.0, help="rows per second per table (default 20)")
     parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until stopped)")
     parser.add_argument("--stop-file", help="stop as soon as this file exists")
@@ -318,6 +320,8 @@ def main(argv=None):
     parser.add_argument("--statement-timeout-ms", type=int, default=None)
     parser.add_argument("--run-id", help="marker of this run's rows (default: random)")
     args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("give --dsn or set DATABASE_URL")
 
     tables = tuple(t.strip() for t in args.tables.split(",") if t.strip())
     writer = Writer(args.dsn, args.rate, tables=tables, roles=API_ROLES if args.api_roles else None,

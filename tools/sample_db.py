@@ -43,6 +43,7 @@ the normalize trigger therefore changes old rows, and a checksum comparison
 catches it.
 """
 import argparse
+import os
 import datetime as dt
 import sys
 import time
@@ -649,7 +650,9 @@ def _format(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", required=True, help="libpq URL or key=value string of a fresh database")
+    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"),
+                        help="libpq URL or key=value string (default: $DATABASE_URL, which keeps the "
+                             "password off the command line)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in EACH fact table (default 1,000,000)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--schema", default="public")
@@ -657,6 +660,8 @@ def main(argv=None):
                         help="pin the current time (ISO 8601 with offset); default: the server's now()")
     parser.add_argument("--schema-only", action="store_true", help="create the schema, load no data")
     args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("give --dsn or set DATABASE_URL")
     try:
         result = build(args.dsn, rows=args.rows, seed=args.seed, now=args.now,
                        schema=args.schema, schema_only=args.schema_only)
