@@ -86,13 +86,14 @@ options:
   lock_timeout_ms:
     description:
       - C(lock_timeout) of each attempt to take the short exclusive locks this step needs.
-      - Other queries never wait behind the attempt for longer than this.
+      - Other queries never wait behind the attempt for longer than this, so keep it short; the attempts
+        outlast whatever holds the lock (a long query, an autovacuum).
     type: int
-    default: 1000
+    default: 300
   lock_attempts:
     description: Attempts before giving up (nothing is changed by a failed attempt).
     type: int
-    default: 30
+    default: 60
   max_backoff_ms:
     description: Longest pause between attempts; pauses double from I(lock_timeout_ms), with random jitter.
     type: int

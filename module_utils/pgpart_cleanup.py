@@ -13,7 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.module_utils.pgpart_db import PgpartError, psycopg2, sql, ident, retry_on_lock_timeout
+from ansible.module_utils.pgpart_db import LOCK_DEFAULTS, PgpartError, psycopg2, sql, ident, retry_on_lock_timeout
 from ansible.module_utils import pgpart_backup as backup
 from ansible.module_utils import pgpart_catalog as catalog
 from ansible.module_utils import pgpart_journal as journal
@@ -48,8 +48,8 @@ def gates(session, entry, min_age_hours, pg_restore=None):
     return problems, facts
 
 
-def cleanup(session, schema, name, min_age_hours=24, pg_restore=None, lock_timeout_ms=1000, lock_attempts=30,
-            max_backoff_ms=10000):
+def cleanup(session, schema, name, min_age_hours=24, pg_restore=None, lock_timeout_ms=LOCK_DEFAULTS['lock_timeout_ms'],
+            lock_attempts=LOCK_DEFAULTS['lock_attempts'], max_backoff_ms=LOCK_DEFAULTS['max_backoff_ms']):
     with session.table_lock(schema, name):
         entry = journal.read(session, schema, name)
         phase = entry['phase'] if entry else None

@@ -13,7 +13,7 @@ __metaclass__ = type
 
 import time
 
-from ansible.module_utils.pgpart_db import PgpartError, sql, ident, lock_blockers, retry_on_lock_timeout
+from ansible.module_utils.pgpart_db import LOCK_DEFAULTS, PgpartError, sql, ident, lock_blockers, retry_on_lock_timeout
 from ansible.module_utils import pgpart_assess as assess
 from ansible.module_utils import pgpart_backfill as backfill
 from ansible.module_utils import pgpart_catalog as catalog
@@ -23,11 +23,8 @@ from ansible.module_utils import pgpart_swap as swap
 from ansible.module_utils import pgpart_sync as sync
 from ansible.module_utils import pgpart_verify as verify
 
-DEFAULTS = {
-    'column': 'created_at', 'premake': 3, 'max_future_months': 24,
-    'batch_rows': 50000, 'workers': 2, 'statement_timeout_ms': 120000, 'batch_pause_ms': 0,
-    'lock_timeout_ms': 1000, 'lock_attempts': 30, 'max_backoff_ms': 10000, 'stop_before': None,
-}
+DEFAULTS = dict(LOCK_DEFAULTS, column='created_at', premake=3, max_future_months=24, batch_rows=50000, workers=2,
+                statement_timeout_ms=120000, batch_pause_ms=0, stop_before=None)
 
 STEPS = (('prepared', 'prepare'), ('syncing', 'start_sync'), ('backfilled', 'backfill'),
          ('verified', 'verify'), ('swapped', 'swap'), ('converted', 'analyze'))
@@ -132,9 +129,15 @@ class Conversion:
                                    statement_timeout_ms=self.options['statement_timeout_ms'],
                                    pause_ms=self.options['batch_pause_ms'])
         done = copier.run()
+        # Before the new table goes live: set its visibility map (index-only scans) and hint bits,
+        # and collect statistics of the partitions and of the parent (autovacuum never analyzes a
+        # partitioned parent, trap #16). Online: VACUUM takes no lock that blocks reads or writes.
+        started = time.time()
+        self.session.run(sql.SQL('VACUUM (ANALYZE) {}').format(ident(self.schema, entry['plan']['new_table'])))
         with self.session.transaction():
             journal.set_phase(self.session, self.schema, self.table, 'backfilled')
-        return dict(done, chunks=chunking['chunks'], chunk_blocks=chunking['chunk_blocks'])
+        return dict(done, chunks=chunking['chunks'], chunk_blocks=chunking['chunk_blocks'],
+                    vacuum_seconds=round(time.time() - started, 3))
 
     def verify(self):
         entry = self.entry()
@@ -161,8 +164,11 @@ class Conversion:
         return {'attempts': attempts, 'lock_ms': round(seconds * 1000, 1), 'waited_for': waited_for}
 
     def analyze(self):
-        # Autovacuum never analyzes a partitioned parent (trap #16); ANALYZE also does the leaves.
-        self.session.run(sql.SQL('ANALYZE {}').format(ident(self.schema, self.table)))
+        # The partitions and the parent were analyzed at the end of the backfill (trap #16). A run
+        # that resumes after the swap on a parent without statistics analyzes it now.
+        if not self.session.scalar("SELECT EXISTS (SELECT 1 FROM pg_statistic WHERE starelid = %s::regclass "
+                                   "AND stainherit)", (catalog.regclass_text(self.session, self.schema, self.table),)):
+            self.session.run(sql.SQL('ANALYZE {}').format(ident(self.schema, self.table)))
         with self.session.transaction():
             journal.set_phase(self.session, self.schema, self.table, 'converted', finished_at=True)
 

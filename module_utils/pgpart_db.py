@@ -34,6 +34,10 @@ from ansible.module_utils.basic import env_fallback
 TRANSACTION_POOLER_PORT = 6543
 # Advisory-lock namespace of this project ('pgpt'): key 1 of pg_advisory_lock(int4, int4).
 LOCK_NAMESPACE = 0x70677074
+# Steps that take exclusive locks on a live table wait at most lock_timeout per attempt: a
+# waiting lock request makes every later writer wait too, so keep it short and retry (with
+# backoff and jitter) instead; a few hundred attempts' worth of waiting outlasts an autovacuum.
+LOCK_DEFAULTS = {'lock_timeout_ms': 300, 'lock_attempts': 60, 'max_backoff_ms': 10000}
 
 
 class PgpartError(Exception):

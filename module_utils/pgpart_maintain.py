@@ -38,7 +38,8 @@ import random
 import re
 import time
 
-from ansible.module_utils.pgpart_db import PgpartError, psycopg2, sql, ident, retry_on_lock_timeout, lock_blockers
+from ansible.module_utils.pgpart_db import (LOCK_DEFAULTS, PgpartError, psycopg2, sql, ident, retry_on_lock_timeout,
+                                            lock_blockers)
 from ansible.module_utils import pgpart_catalog as catalog
 from ansible.module_utils import pgpart_ddl as ddl
 from ansible.module_utils import pgpart_journal as journal
@@ -46,10 +47,8 @@ from ansible.module_utils import pgpart_plan as planning
 
 CONVERTED_PHASES = ('swapped', 'converted', 'cleaned')
 
-DEFAULTS = {
-    'column': None, 'premake': 3, 'alert_days': 14, 'retention_months': None, 'backup_dir': None,
-    'pg_dump': None, 'pg_restore': None, 'lock_timeout_ms': 1000, 'lock_attempts': 30, 'max_backoff_ms': 10000,
-}
+DEFAULTS = dict(LOCK_DEFAULTS, column=None, premake=3, alert_days=14, retention_months=None, backup_dir=None,
+                pg_dump=None, pg_restore=None)
 
 # pg_get_expr(relpartbound) of a pgpart partition: FROM (MINVALUE | 'YYYY-MM-01[ 00:00:00[+00]]') TO (...)
 _MONTH_BOUND = r"(?:MINVALUE|MAXVALUE|'(\d{4}-\d{2})-01(?: 00:00:00(?:\+00)?)?')"

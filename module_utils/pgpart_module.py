@@ -15,7 +15,7 @@ __metaclass__ = type
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pgpart_db import (HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, PgpartError, connect,
+from ansible.module_utils.pgpart_db import (HAS_PSYCOPG2, LOCK_DEFAULTS, PSYCOPG2_IMPORT_ERROR, PgpartError, connect,
                                             connection_argument_spec, psycopg2, redact, secrets_of)
 
 
@@ -32,9 +32,9 @@ def table_argument_spec():
 def lock_argument_spec():
     """Options of steps that take short exclusive locks (swap, cleanup, rollback)."""
     return dict(
-        lock_timeout_ms=dict(type='int', default=1000),
-        lock_attempts=dict(type='int', default=30),
-        max_backoff_ms=dict(type='int', default=10000),
+        lock_timeout_ms=dict(type='int', default=LOCK_DEFAULTS['lock_timeout_ms']),
+        lock_attempts=dict(type='int', default=LOCK_DEFAULTS['lock_attempts']),
+        max_backoff_ms=dict(type='int', default=LOCK_DEFAULTS['max_backoff_ms']),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.module_utils.pgpart_db import PgpartError, sql, ident, retry_on_lock_timeout
+from ansible.module_utils.pgpart_db import LOCK_DEFAULTS, PgpartError, sql, ident, retry_on_lock_timeout
 from ansible.module_utils import pgpart_catalog as catalog
 from ansible.module_utils import pgpart_journal as journal
 from ansible.module_utils import pgpart_swap as swap
@@ -29,7 +29,8 @@ RESTORE_PROCEDURE = (
     'scratch schema with pg_restore, then reconcile the rows changed since then from {t}.')
 
 
-def rollback(session, schema, name, force=False, lock_timeout_ms=1000, lock_attempts=30, max_backoff_ms=10000):
+def rollback(session, schema, name, force=False, lock_timeout_ms=LOCK_DEFAULTS['lock_timeout_ms'],
+             lock_attempts=LOCK_DEFAULTS['lock_attempts'], max_backoff_ms=LOCK_DEFAULTS['max_backoff_ms']):
     """Roll one table back; returns a result dict (changed, action, ...)."""
     with session.table_lock(schema, name):
         entry = journal.read(session, schema, name)
