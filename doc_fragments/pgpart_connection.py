@@ -81,6 +81,15 @@ options:
     choices: [month]
 '''
 
+    READ_ONLY = r'''
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; runs the same in check mode.
+  diff_mode:
+    support: none
+'''
+
     LOCKS = r'''
 options:
   lock_timeout_ms:

@@ -22,6 +22,7 @@ version_added: "1.0.0"
 author: pgpart maintainers
 extends_documentation_fragment:
   - pgpart_connection
+  - pgpart_connection.READ_ONLY
   - pgpart_connection.TABLE
 options:
   premake:
@@ -40,12 +41,6 @@ options:
     description: Fail the task when the table is not eligible (the message lists every reason).
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; check mode changes nothing either way.
-  diff_mode:
-    support: none
 '''
 
 EXAMPLES = r'''

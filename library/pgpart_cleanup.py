@@ -78,15 +78,14 @@ queries:
   elements: str
 '''
 
-from ansible.module_utils.pgpart_module import lock_argument_spec, run_module, table_argument_spec
+from ansible.module_utils.pgpart_module import lock_argument_spec, lock_options, run_module, table_argument_spec
 from ansible.module_utils.pgpart_cleanup import cleanup
 
 
 def work(module, session):
     p = module.params
     return cleanup(session, p['schema'], p['table'], min_age_hours=p['min_age_hours'], pg_restore=p['pg_restore_path'],
-                   lock_timeout_ms=p['lock_timeout_ms'], lock_attempts=p['lock_attempts'],
-                   max_backoff_ms=p['max_backoff_ms'])
+                   **lock_options(p))
 
 
 def main():

@@ -195,7 +195,7 @@ queries:
   elements: str
 '''
 
-from ansible.module_utils.pgpart_module import lock_argument_spec, run_module, table_argument_spec
+from ansible.module_utils.pgpart_module import lock_argument_spec, lock_options, run_module, table_argument_spec
 from ansible.module_utils.pgpart_maintain import maintain
 
 
@@ -203,9 +203,7 @@ def work(module, session):
     p = module.params
     result = maintain(session, p['schema'], p['table'], column=p['column'], premake=p['premake'],
                       alert_days=p['alert_days'], retention_months=p['retention_months'], backup_dir=p['backup_dir'],
-                      pg_dump=p['pg_dump_path'], pg_restore=p['pg_restore_path'],
-                      lock_timeout_ms=p['lock_timeout_ms'], lock_attempts=p['lock_attempts'],
-                      max_backoff_ms=p['max_backoff_ms'])
+                      pg_dump=p['pg_dump_path'], pg_restore=p['pg_restore_path'], **lock_options(p))
     for warning in result.pop('warnings'):
         module.warn(warning)
     return result

@@ -18,18 +18,13 @@ version_added: "1.0.0"
 author: pgpart maintainers
 extends_documentation_fragment:
   - pgpart_connection
+  - pgpart_connection.READ_ONLY
   - pgpart_connection.TABLE
 options:
   wait_seconds:
     description: Longest wait for a change before answering.
     type: int
     default: 10
-attributes:
-  check_mode:
-    support: full
-    description: Read-only.
-  diff_mode:
-    support: none
 '''
 
 EXAMPLES = r'''

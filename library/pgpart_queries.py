@@ -27,6 +27,7 @@ version_added: "1.0.0"
 author: pgpart maintainers
 extends_documentation_fragment:
   - pgpart_connection
+  - pgpart_connection.READ_ONLY
 options:
   critical_queries:
     description: The queries, each with a unique I(name) and its I(sql).
@@ -74,12 +75,6 @@ options:
     description: Fail the task when any query fails or is refused (every query is still run and reported).
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
 notes:
   - Read-only means the queries cannot change data through this connection. A function that opens another
     connection (C(dblink)) is outside any transaction of ours; critical queries are the operator's own reads.

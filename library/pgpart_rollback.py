@@ -70,14 +70,13 @@ queries:
   elements: str
 '''
 
-from ansible.module_utils.pgpart_module import lock_argument_spec, run_module, table_argument_spec
+from ansible.module_utils.pgpart_module import lock_argument_spec, lock_options, run_module, table_argument_spec
 from ansible.module_utils.pgpart_rollback import rollback
 
 
 def work(module, session):
     p = module.params
-    return rollback(session, p['schema'], p['table'], force=p['force'], lock_timeout_ms=p['lock_timeout_ms'],
-                    lock_attempts=p['lock_attempts'], max_backoff_ms=p['max_backoff_ms'])
+    return rollback(session, p['schema'], p['table'], force=p['force'], **lock_options(p))
 
 
 def main():

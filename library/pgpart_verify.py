@@ -21,18 +21,13 @@ version_added: "1.0.0"
 author: pgpart maintainers
 extends_documentation_fragment:
   - pgpart_connection
+  - pgpart_connection.READ_ONLY
   - pgpart_connection.TABLE
 options:
   fail_on_mismatch:
     description: Fail the task when any check fails (the report is returned either way).
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    description: Read-only.
-  diff_mode:
-    support: none
 '''
 
 EXAMPLES = r'''

@@ -38,6 +38,11 @@ def lock_argument_spec():
     )
 
 
+def lock_options(params):
+    """The lock options of a module's parameters, as keyword arguments."""
+    return dict((name, params[name]) for name in LOCK_DEFAULTS)
+
+
 def run_module(argument_spec, work, connects=True, **module_kwargs):
     spec = connection_argument_spec() if connects else {}
     spec.update(argument_spec)
