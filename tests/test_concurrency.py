@@ -155,3 +155,21 @@ def test_a_swap_that_never_gets_its_locks_gives_up_cleanly_and_resumes_later(act
     result = convert(session, 'activity')
     assert [s['phase'] for s in result['steps']] == ['swapped', 'converted']
     verified(session, 'activity')
+
+
+def test_trap20_database_statement_timeout_does_not_kill_the_conversion(activity, session_for):
+    """Supabase sets statement_timeout per role and database (2 min, anon 3 s): whole-table
+    verification must not be killed by it, and each chunk runs under its own timeout."""
+    activity.query("ALTER DATABASE %s SET statement_timeout = '15ms'" % activity.name)
+    slow = "SELECT count(*) FROM activity a, generate_series(1, 40)"
+    with pytest.raises(Exception, match='statement timeout'):
+        activity.query(slow)  # the setting bites ordinary sessions
+    session = session_for(activity)
+    with pytest.raises(Exception) as failure:
+        convert(session, 'activity', statement_timeout_ms=1, batch_rows=60000)
+    assert 'exceeded statement_timeout (1 ms)' in str(failure.value)
+    assert 'copied chunks are kept, re-run to continue' in str(failure.value)
+    assert journal.read(session, 'public', 'activity')['phase'] == 'syncing'
+    result = convert(session, 'activity')  # the default chunk timeout, verification unbounded
+    assert result['phase'] == 'converted'
+    verified(session, 'activity')
