@@ -11,10 +11,11 @@ description:
   - Converts a plain table into a table partitioned by month on I(column) while the application keeps writing.
   - "Phases, each recorded in the journal (schema C(pgpart) of the target database) together with its work:
     C(prepare) (the partitioned C(<table>_new) built from the catalog: columns, defaults, identity, generated
-    columns, CHECKs, primary key (id, key), every index, foreign keys, policies, comments; partitions created as
-    tables with a CHECK and attached), C(sync) (a row trigger applies every INSERT, UPDATE, DELETE and TRUNCATE to
-    the new table, installed before any copy), C(backfill) (physical chunks copied with C(ON CONFLICT DO NOTHING),
-    in parallel, each chunk one transaction with its own statement_timeout), C(verify) (per-month count and hash,
+    columns, CHECKs, primary key (id, key), unique constraints, foreign keys, policies, comments; partitions created
+    as tables with a CHECK and attached), C(sync) (a row trigger applies every INSERT, UPDATE, DELETE and TRUNCATE to
+    the new table, installed before any copy), C(backfill) (physical chunks copied in parallel, each chunk one
+    transaction with its own statement_timeout; then every other index built CONCURRENTLY per partition and attached,
+    and C(VACUUM (ANALYZE)) of the new table), C(verify) (per-month count and hash,
     zero tolerance), C(swap) (one short transaction under lock_timeout, retried with backoff and jitter),
     C(analyze)."
   - "After the swap the original table is C(<table>_old), kept exactly current by a reverse trigger until

@@ -153,7 +153,7 @@ SELECT ic.oid::bigint AS oid, ic.relname::text AS name, pg_get_indexdef(i.indexr
        i.indpred IS NOT NULL AS is_partial,
        obj_description(ic.oid, 'pg_class') AS comment
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = %s
+WHERE i.indrelid = %s::regclass
 ORDER BY ic.relname
 """
 

@@ -99,7 +99,7 @@ class Conversion:
         info, plan = self.planned()
 
         def work():
-            ddl.build(self.session, info, plan)
+            ddl.build(self.session, info, plan, secondary_indexes=False)  # built after the copy
             journal.start(self.session, self.schema, self.table, plan, info)
         self.locked(work)
         return {'partitions': len(plan['partitions'])}
@@ -129,6 +129,9 @@ class Conversion:
                                    statement_timeout_ms=self.options['statement_timeout_ms'],
                                    pause_ms=self.options['batch_pause_ms'])
         done = copier.run()
+        started = time.time()
+        built = ddl.build_secondary_indexes(self.session, entry['original'], entry['plan'])
+        done.update(indexes_built=built, index_seconds=round(time.time() - started, 3))
         # Before the new table goes live: set its visibility map (index-only scans) and hint bits,
         # and collect statistics of the partitions and of the parent (autovacuum never analyzes a
         # partitioned parent, trap #16). Online: VACUUM takes no lock that blocks reads or writes.

@@ -4,7 +4,8 @@
 Nothing here uses CREATE TABLE ... LIKE the original (trap #1: a second primary key;
 trap #3: identity restarts at 1).  Columns, defaults, generated columns, identity options,
 CHECKs, the primary key (id, <key>), unique constraints, every index, outgoing foreign
-keys, policies, comments and statistics targets are written out explicitly.
+keys, policies, comments and statistics targets are written out explicitly.  The indexes
+that back no constraint are built after the copy (build_secondary_indexes).
 
 Partitions are always created as plain tables, given a CHECK implying their bounds and
 attached: ATTACH takes only SHARE UPDATE EXCLUSIVE on the parent (trap #13), so the same
@@ -53,8 +54,9 @@ def column_definition(column, sequences):
     return sql.SQL(' ').join(parts)
 
 
-def create_parent(session, info, plan):
-    """CREATE TABLE <t>_new (...) PARTITION BY RANGE (key), with its constraints and indexes."""
+def create_parent(session, info, plan, secondary_indexes=True):
+    """CREATE TABLE <t>_new (...) PARTITION BY RANGE (key), with its constraints and (unless
+    deferred to build_secondary_indexes) its other indexes."""
     schema, key = info['schema'], plan['key']
     new = ident(schema, plan['new_table'])
     columns = [column_definition(c, info['sequences']) for c in info['columns']]
@@ -68,9 +70,8 @@ def create_parent(session, info, plan):
                 new, ident(con['name']), sql.SQL(con['definition'])))
         elif con['type'] == 'u':
             session.run(sql.SQL('ALTER TABLE {} ADD {}').format(new, sql.SQL(con['definition'])))
-    for index in info['indexes']:
-        if not index['constraint_name']:
-            session.run(index_on(index['definition'], info, new))
+    for index in secondary(info) if secondary_indexes else []:
+        session.run(index_on(index['definition'], info, new))
     for column in info['columns']:
         if column['statistics_target'] is not None:
             session.run(sql.SQL('ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}').format(
@@ -192,13 +193,73 @@ def _safe_reloption(option):
     return True
 
 
-def build(session, info, plan):
-    """The whole partitioned table, inside the caller's transaction."""
-    create_parent(session, info, plan)
+def secondary(info):
+    """Indexes that back no constraint (the primary key and unique constraints do)."""
+    return [i for i in info['indexes'] if not i['constraint_name']]
+
+
+def build(session, info, plan, secondary_indexes=True):
+    """The whole partitioned table, inside the caller's transaction.
+
+    secondary_indexes=False leaves the indexes that back no constraint to
+    build_secondary_indexes(), after the copy: loading into fewer indexes and building them
+    afterwards is about twice as fast (bench/README.md).
+    """
+    create_parent(session, info, plan, secondary_indexes)
     for partition in plan['partitions']:
         attach_partition(session, info['schema'], plan['new_table'], partition, plan['key'],
                          plan['key_type'], plan['partition_template'])
     finish_parent(session, info, plan)
+
+
+def build_secondary_indexes(session, info, plan):
+    """Each secondary index of the original on the filled, not yet live, partitioned table.
+
+    The parent's index is created ON ONLY (instant, invalid until complete); each partition's
+    CONCURRENTLY, so the sync trigger's writes never wait (trap #5), then attached; the parent's
+    becomes valid with the last attachment.  Idempotent: a re-run after a crash finds what exists
+    by definition, drops a partition index a crash left invalid, and builds the rest.
+    Runs outside a transaction (CREATE INDEX CONCURRENTLY cannot run in one).
+    """
+    schema, parent = info['schema'], plan['new_table']
+    built = 0
+    for index in secondary(info):
+        body, unique = index_body(index['definition'])
+        parent_index = index_with_body(session, schema, parent, body)
+        if parent_index is None:
+            session.run(sql.SQL('CREATE {}INDEX ON ONLY {} {}').format(
+                sql.SQL('UNIQUE ' if unique else ''), ident(schema, parent), sql.SQL(body)))
+            parent_index = index_with_body(session, schema, parent, body)
+        for partition in plan['partitions']:
+            built += attach_partition_index(session, schema, partition['name'], parent_index, body, unique)
+    return built
+
+
+def attach_partition_index(session, schema, leaf, parent_index, body, unique):
+    """Build (CONCURRENTLY) and attach one partition's index; 0 when it was already there."""
+    if session.scalar("SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid "
+                      "WHERE i.inhparent = %s AND x.indrelid = %s::regclass)",
+                      (parent_index['oid'], catalog.regclass_text(session, schema, leaf))):
+        return 0
+    existing = index_with_body(session, schema, leaf, body)
+    if existing is not None and not existing['is_valid']:
+        session.run(sql.SQL('DROP INDEX CONCURRENTLY {}').format(ident(schema, existing['name'])))
+        existing = None
+    if existing is None:
+        session.run(sql.SQL('CREATE {}INDEX CONCURRENTLY ON {} {}').format(
+            sql.SQL('UNIQUE ' if unique else ''), ident(schema, leaf), sql.SQL(body)))
+        existing = index_with_body(session, schema, leaf, body)
+    session.run(sql.SQL('ALTER INDEX {} ATTACH PARTITION {}').format(
+        ident(schema, parent_index['name']), ident(schema, existing['name'])))
+    return 1
+
+
+def index_with_body(session, schema, table, body):
+    """The index of schema.table whose definition, name and table aside, is `body`, or None."""
+    for index in session.fetch(catalog.INDEXES_SQL, (catalog.regclass_text(session, schema, table),)):
+        if not index['is_primary'] and index_body(index['definition'])[0] == body:
+            return index
+    return None
 
 
 def index_pairs(old_info, new_info):
