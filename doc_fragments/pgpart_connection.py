@@ -10,7 +10,8 @@ class ModuleDocFragment(object):
 options:
   database_url:
     description:
-      - libpq connection URL (C(postgresql://user:password@host:5432/db)) or key=value conninfo string.
+      - libpq connection URL (C(postgresql://user@host:5432/db)) or key=value conninfo string. The password may be
+        part of it, or come from C(PGPASSWORD) or C(~/.pgpass) as usual with libpq.
       - Defaults to the C(DATABASE_URL) environment variable. The C(login_*) options override its parts.
       - Never printed; keep it in Ansible Vault or the environment.
     type: str

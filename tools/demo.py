@@ -109,7 +109,9 @@ def run(command, url, timeout):
 
 def status():
     env = load_env()
-    print('demo database: %s' % env['url'])
+    import re
+    print('demo database: %s' % re.sub(r':[^:@/]+@', ':<password>@', env['url']))
+    print('  (full URL with the password, for psql: %s)' % ENV_FILE.relative_to(ROOT))
     import psycopg2
     conn = psycopg2.connect(env['url'])
     with conn.cursor() as cur:

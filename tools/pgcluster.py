@@ -112,8 +112,9 @@ class Cluster:
         return server_major(self.bindir)
 
     def url(self, dbname="postgres", user="postgres", password=None):
-        pw = self.password if password is None else password
-        return f"postgresql://{user}:{pw}@127.0.0.1:{self.port}/{dbname}"
+        """A libpq URL with the password (throwaway clusters only; never printed by the tools)."""
+        credentials = "%s:%s" % (user, self.password if password is None else password)
+        return "postgresql://%s@127.0.0.1:%d/%s" % (credentials, self.port, dbname)
 
     def conninfo(self, dbname="postgres"):
         return dict(host="127.0.0.1", port=self.port, user="postgres", password=self.password, dbname=dbname)
