@@ -44,7 +44,7 @@ options:
     type: int
     default: 50000
   workers:
-    description: Parallel backfill connections.
+    description: Connections working in parallel on the backfill chunks, then on the partition indexes (built CONCURRENTLY after the copy). Each is one more backend on the server; 2 suits a small instance.
     type: int
     default: 2
   statement_timeout_ms:

@@ -45,7 +45,7 @@ __metaclass__ = type
 import threading
 import time
 
-from ansible.module_utils.pgpart_db import PgpartError, psycopg2, sql, ident
+from ansible.module_utils.pgpart_db import PgpartError, on_siblings, psycopg2, sql, ident
 from ansible.module_utils import pgpart_catalog as catalog
 from ansible.module_utils import pgpart_journal as journal
 
@@ -94,51 +94,22 @@ class Backfill:
         self.statements = {False: chunk_statement(*args, on_conflict=False), True: chunk_statement(*args)}
         self.on_conflict = False  # set for good by the first chunk that meets a row already copied
         self._lock = threading.Lock()
-        self._errors = []
         self.rows_copied = 0
         self.oid = info['oid']
         self.skip_fk_checks = False
 
     def run(self):
         done = journal.chunks_done(self.session, self.schema, self.table)
-        self._todo = [c for c in range(self.chunking['chunks']) if c not in done]
-        pending = len(self._todo)
+        todo = [c for c in range(self.chunking['chunks']) if c not in done]
         self.skip_fk_checks = self._may_skip_fk_checks()
-        threads = [threading.Thread(target=self._worker, name='pgpart-backfill-%d' % i)
-                   for i in range(min(self.workers, len(self._todo)) or 0)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self._errors:
-            raise self._errors[0]
-        return {'chunks_resumed_from': len(done), 'chunks_copied': pending, 'rows_copied': self.rows_copied,
+        on_siblings(self.session, todo, self.workers, self._copy_chunk, prepare=self._lower_deadlock_timeout)
+        return {'chunks_resumed_from': len(done), 'chunks_copied': len(todo), 'rows_copied': self.rows_copied,
                 'fk_checks': 'enforced by the original' if self.skip_fk_checks else 'per row'}
 
-    def _next_chunk(self):
-        with self._lock:
-            if self._errors or not self._todo:
-                return None
-            return self._todo.pop(0)
-
-    def _worker(self):
-        try:
-            worker = self.session.sibling()
-        except PgpartError as exc:
-            self._fail(exc)
-            return
-        try:
-            self._lower_deadlock_timeout(worker)
-            chunk = self._next_chunk()
-            while chunk is not None:
-                self._copy_with_retries(worker, chunk)
-                if self.pause_ms:
-                    time.sleep(self.pause_ms / 1000.0)
-                chunk = self._next_chunk()
-        except Exception as exc:  # any failure stops every worker; the journal keeps what is done
-            self._fail(exc)
-        finally:
-            worker.close()
+    def _copy_chunk(self, worker, chunk):
+        self._copy_with_retries(worker, chunk)
+        if self.pause_ms:
+            time.sleep(self.pause_ms / 1000.0)
 
     @staticmethod
     def _lower_deadlock_timeout(worker):
@@ -201,10 +172,6 @@ class Backfill:
                                % (chunk, self.schema, self.table, self.statement_timeout_ms))
         return PgpartError('copying chunk %d of %s.%s failed: %s; copied chunks are kept, re-run to continue'
                            % (chunk, self.schema, self.table, str(exc).strip()))
-
-    def _fail(self, exc):
-        with self._lock:
-            self._errors.append(exc)
 
 
 def first_chunk_sql(session, info, plan, chunking):

@@ -130,7 +130,7 @@ class Conversion:
                                    pause_ms=self.options['batch_pause_ms'])
         done = copier.run()
         started = time.time()
-        built = ddl.build_secondary_indexes(self.session, entry['original'], entry['plan'])
+        built = ddl.build_secondary_indexes(self.session, entry['original'], entry['plan'], self.options['workers'])
         done.update(indexes_built=built, index_seconds=round(time.time() - started, 3))
         # Before the new table goes live: set its visibility map (index-only scans) and hint bits,
         # and collect statistics of the partitions and of the parent (autovacuum never analyzes a

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
+import threading
 import time
 from contextlib import contextmanager
 
@@ -313,6 +314,52 @@ class Session:
     def close(self):
         if not self.conn.closed:
             self.conn.close()
+
+
+def on_siblings(session, items, workers, do, prepare=None):
+    """Call do(worker, item) for every item, on up to `workers` sibling connections at once.
+
+    Threads suffice: psycopg2 releases the GIL while the server works.  Items are taken in
+    order; the first failure stops every worker from taking another and is raised once all
+    have stopped (what finished stays done: callers keep their progress resumable).  The SQL
+    the workers recorded joins session.queries.
+    """
+    todo, lock, errors, done = list(items), threading.Lock(), [], []
+
+    def take():
+        with lock:
+            return (False, None) if errors or not todo else (True, todo.pop(0))
+
+    def work():
+        try:
+            worker = session.sibling()
+        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread below
+            with lock:
+                errors.append(exc)
+            return
+        try:
+            if prepare:
+                prepare(worker)
+            more, item = take()
+            while more:
+                do(worker, item)
+                more, item = take()
+        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread below
+            with lock:
+                errors.append(exc)
+        finally:
+            done.append(worker.queries)
+            worker.close()
+    threads = [threading.Thread(target=work, name='pgpart-worker-%d' % i)
+               for i in range(min(max(1, workers), len(todo)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for queries in done:
+        session.queries.extend(queries)
+    if errors:
+        raise errors[0]
 
 
 def qualified_text(schema, table):

@@ -17,7 +17,7 @@ __metaclass__ = type
 
 import re
 
-from ansible.module_utils.pgpart_db import sql, ident
+from ansible.module_utils.pgpart_db import on_siblings, sql, ident
 from ansible.module_utils import pgpart_catalog as catalog
 from ansible.module_utils import pgpart_plan as planning
 
@@ -212,17 +212,18 @@ def build(session, info, plan, secondary_indexes=True):
     finish_parent(session, info, plan)
 
 
-def build_secondary_indexes(session, info, plan):
+def build_secondary_indexes(session, info, plan, workers=1):
     """Each secondary index of the original on the filled, not yet live, partitioned table.
 
     The parent's index is created ON ONLY (instant, invalid until complete); each partition's
     CONCURRENTLY, so the sync trigger's writes never wait (trap #5), then attached; the parent's
-    becomes valid with the last attachment.  Idempotent: a re-run after a crash finds what exists
-    by definition, drops a partition index a crash left invalid, and builds the rest.
-    Runs outside a transaction (CREATE INDEX CONCURRENTLY cannot run in one).
+    becomes valid with the last attachment.  Partition indexes are built on up to `workers`
+    connections at once.  Idempotent: a re-run after a crash finds what exists by definition,
+    drops a partition index a crash left invalid, and builds the rest.  Runs outside a
+    transaction (CREATE INDEX CONCURRENTLY cannot run in one).  Returns how many it built.
     """
     schema, parent = info['schema'], plan['new_table']
-    built = 0
+    work = []
     for index in secondary(info):
         body, unique = index_body(index['definition'])
         parent_index = index_with_body(session, schema, parent, body)
@@ -230,9 +231,14 @@ def build_secondary_indexes(session, info, plan):
             session.run(sql.SQL('CREATE {}INDEX ON ONLY {} {}').format(
                 sql.SQL('UNIQUE ' if unique else ''), ident(schema, parent), sql.SQL(body)))
             parent_index = index_with_body(session, schema, parent, body)
-        for partition in plan['partitions']:
-            built += attach_partition_index(session, schema, partition['name'], parent_index, body, unique)
-    return built
+        work += [(parent_index, body, unique, p['name']) for p in plan['partitions']]
+    built = []
+
+    def build(worker, item):
+        parent_index, body, unique, leaf = item
+        built.append(attach_partition_index(worker, schema, leaf, parent_index, body, unique))
+    on_siblings(session, work, workers, build)
+    return sum(built)
 
 
 def attach_partition_index(session, schema, leaf, parent_index, body, unique):

@@ -202,3 +202,26 @@ def test_an_index_build_interrupted_half_way_is_finished_by_the_next_run(activit
     assert backfill['indexes_built'] == len(leaves) - 5
     assert activity.scalar("SELECT count(*) FROM pg_class WHERE relname = 'crashed_idx'") == 0
     verified(session, 'activity')  # every index valid, one per partition and parent index
+
+
+def test_parallel_workers_stop_at_the_first_failure_and_hand_back_their_sql(db, session_for):
+    """on_siblings (backfill chunks, partition indexes): work runs on separate backends, the first
+    failure stops every worker from taking another item and reaches the caller, and the SQL the
+    workers ran joins the caller's record."""
+    from ansible.module_utils.pgpart_db import on_siblings
+    session = session_for(db)
+    db.query('CREATE TABLE work_log (item int PRIMARY KEY, pid int NOT NULL)')
+    taken = []
+
+    def do(worker, item):
+        taken.append(item)
+        if item == 4:
+            raise RuntimeError('item 4 failed')
+        worker.run('INSERT INTO public.work_log VALUES (%s, pg_backend_pid())', (item,))
+        time.sleep(0.05)  # both workers get a share
+    with pytest.raises(RuntimeError, match='item 4 failed'):
+        on_siblings(session, range(20), 2, do)
+    done = dict(db.query('SELECT item, pid FROM work_log'))
+    assert 4 not in done and len(taken) <= 6, taken  # at most the other worker's item in flight after 4
+    assert len(set(done.values())) == 2 and session.conn.get_backend_pid() not in done.values()
+    assert sorted(int(q.split('(')[1].split(',')[0]) for q in session.queries) == sorted(done)
