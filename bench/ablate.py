@@ -9,7 +9,6 @@ must keep (FOR SHARE).  Writes bench/results/<UTC timestamp>-<rows>-ablation.{md
 """
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 from contextlib import contextmanager
@@ -116,13 +115,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     stamp = started.strftime('%Y%m%dT%H%M%SZ')
-    cluster = harness.Cluster(harness.ROOT / '.work' / ('ablate-' + stamp), args.version,
-                              settings={'max_connections': '50'})
-    cluster.start()
-    watchdog = harness.Watchdog(cluster, args.timeout)
-    watchdog.start()
-    try:
-        pid = int((cluster.data / 'postmaster.pid').read_text().split()[0])
+    with harness.bench_cluster('ablate-' + stamp, args.version, args.timeout) as (cluster, pid):
         bench = harness.Bench(cluster, args, started, pid)
         with harness.opened(cluster.url()) as conn:
             version = harness.scalar(conn, 'SHOW server_version')
@@ -134,15 +127,7 @@ def main(argv=None):
             for label, changes in VARIANTS:
                 print('ablate: %s (%d/%d)' % (label, attempt + 1, args.repeat), flush=True)
                 out['variants'].setdefault(label, []).append(measure(bench, args, changes))
-    finally:
-        watchdog.done.set()
-        cluster.stop()
-    base = harness.ROOT / 'bench' / 'results' / ('%s-%d-ablation' % (stamp, args.rows))
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix('.json').write_text(json.dumps(out, indent=1, default=str) + '\n')
-    base.with_suffix('.md').write_text(markdown(out))
-    print(markdown(out))
-    print('ablate: wrote %s.{md,json}' % base)
+    harness.write_results('%s-%d-ablation' % (stamp, args.rows), out, markdown(out))
     return 0
 
 

@@ -148,6 +148,32 @@ class Watchdog(threading.Thread):
                          "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
 
 
+@contextmanager
+def bench_cluster(name, version, seconds, settings=None):
+    """A throwaway cluster in .work/<name>, every session terminated after `seconds` (Watchdog),
+    stopped and deleted at the end, also on SIGTERM; yields it and its postmaster's pid."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit('bench: terminated'))  # finally runs
+    cluster = Cluster(ROOT / '.work' / name, version, settings=dict({'max_connections': '50'}, **(settings or {})))
+    cluster.start()
+    watchdog = Watchdog(cluster, seconds)
+    watchdog.start()
+    try:
+        yield cluster, int((cluster.data / 'postmaster.pid').read_text().split()[0])
+    finally:
+        watchdog.done.set()
+        cluster.stop()
+
+
+def write_results(name, out, text):
+    """bench/results/<name>.json (every number) and .md (the report), printed too."""
+    base = ROOT / 'bench' / 'results' / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix('.json').write_text(json.dumps(out, indent=1, default=str) + '\n')
+    base.with_suffix('.md').write_text(text)
+    print(text)
+    print('bench: wrote %s.{md,json}' % base)
+
+
 class CpuMeter:
     """CPU used by everything else on the machine while we measure (the machine may be shared)."""
 
@@ -623,14 +649,8 @@ def main(argv=None):
 
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     stamp = started.strftime('%Y%m%dT%H%M%SZ')
-    settings = dict({'max_connections': '50'}, **dict(s.split('=', 1) for s in args.set))
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit('bench: terminated'))  # cleanup runs
-    cluster = Cluster(ROOT / '.work' / ('bench-' + stamp), args.version, settings=settings)
-    cluster.start()
-    watchdog = Watchdog(cluster, args.timeout)
-    watchdog.start()
-    try:
-        postmaster_pid = int((cluster.data / 'postmaster.pid').read_text().split()[0])
+    settings = dict(s.split('=', 1) for s in args.set)
+    with bench_cluster('bench-' + stamp, args.version, args.timeout, settings) as (cluster, postmaster_pid):
         with opened(cluster.url()) as conn:
             cur = conn.cursor()
             shown = {}
@@ -645,16 +665,7 @@ def main(argv=None):
                'repeat': args.repeat}
         out.update(run(bench, args))
         summarize(out)
-    finally:
-        watchdog.done.set()
-        cluster.stop()
-    results = ROOT / 'bench' / 'results'
-    results.mkdir(parents=True, exist_ok=True)
-    base = results / ('%s-%d' % (stamp, args.rows))
-    base.with_suffix('.json').write_text(json.dumps(out, indent=1, default=str) + '\n')
-    base.with_suffix('.md').write_text(markdown(out))
-    print(markdown(out))
-    print('bench: wrote %s.{md,json}' % base)
+    write_results('%s-%d' % (stamp, args.rows), out, markdown(out))
     return 0
 
 
