@@ -179,12 +179,13 @@ def test_an_index_build_interrupted_half_way_is_finished_by_the_next_run(activit
     some attached, some missing and one INVALID (an interrupted CREATE INDEX CONCURRENTLY)."""
     from ansible.module_utils import pgpart_ddl
     session = session_for(activity)
-    real, calls = pgpart_ddl.attach_partition_index, []
+    real, calls, lock = pgpart_ddl.attach_partition_index, [], threading.Lock()
 
-    def crash_after_five(*args):
-        if len(calls) == 5:
-            raise RuntimeError('simulated crash')
-        calls.append(args)
+    def crash_after_five(*args):  # builds run on two worker threads: count under a lock
+        with lock:
+            if len(calls) == 5:
+                raise RuntimeError('simulated crash')
+            calls.append(args)
         return real(*args)
     monkeypatch.setattr(pgpart_ddl, 'attach_partition_index', crash_after_five)
     with pytest.raises(RuntimeError, match='simulated crash'):
